@@ -1,0 +1,65 @@
+"""The ``gfmkit`` command: one subcommand per capability, each a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gfmkit._version import __version__
+from gfmkit.cli import data as data_cli
+from gfmkit.cli import demo as demo_cli
+from gfmkit.cli.common import CLIError, fail, rank
+
+# Capabilities whose implementation has not landed yet: (help, issue that builds it).
+NOT_BUILT = {
+    "train": ("train a multi-head model on stores (multi-task, DDP over MPI, checkpoints)", 6),
+    "evaluate": ("head x dataset error matrix, parity plots, per-element errors", 6),
+    "hpo": ("DeepHyper hyperparameter search", None),
+    "precision": ("BF16/FP32/FP64 precision study", None),
+    "finetune": ("transfer to downstream tasks by fine-tuning", None),
+    "screen": ("billion-structure screening with encoder reuse and weighted heads", None),
+    "cluster": ("ipyparallel engines and batch scripts from hpc_profiles/", 7),
+    "figures": ("regenerate paper figures from run directories", None),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gfmkit",
+        description="Train, tune, test and use multi-task atomistic graph foundation models. "
+        "Every subcommand runs the same step a notebook runs with one gfmkit call.",
+    )
+    parser.add_argument("--version", action="version", version=f"gfmkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    data_cli.add_parser(sub)
+    for name, (help_text, issue) in NOT_BUILT.items():
+        where = f" (lands with issue #{issue})" if issue else ""
+        p = sub.add_parser(name, help=f"{help_text} [not built yet]", description=f"{help_text}. Not built yet{where}.")
+        p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_not_built(name, where))
+    demo_cli.add_parser(sub)
+    return parser
+
+
+def _not_built(name: str, where: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"gfmkit {name}: this capability is not built yet{where}; nothing was run.", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gfmkit`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        return fail(args.command, str(exc))
+    except KeyboardInterrupt:
+        return fail(args.command, "interrupted", code=130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from gfmkit.cli import main
+
+sys.exit(main())

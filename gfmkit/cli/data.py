@@ -1,0 +1,178 @@
+"""``gfmkit data``: build the demo stores, convert structure files to stores, inspect stores."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gfmkit.cli.common import CLIError, print_json, print_table, rank, setup_logging
+from gfmkit.comm import world
+from gfmkit.config import ConfigError, config_to_dict, load_config
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "data",
+        help="build demo stores, convert structures into ADIOS2 stores, inspect stores",
+        description="Structures in (any ase.io format, ASE databases incl. LMDB), one ADIOS2 store per dataset out.",
+    )
+    data = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    demo = data.add_parser("demo", help="build the built-in demo datasets (ASE EMT/Morse labels, no downloads)")
+    demo.add_argument("--out", required=True, type=Path, help="directory for the <dataset>.bp stores")
+    demo.add_argument("--scale", type=float, default=1.0, help="multiply every dataset's size (default 1)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--datasets", nargs="+", help="only these demo datasets")
+    demo.add_argument("-v", "--verbose", action="store_true")
+    demo.set_defaults(func=run_demo)
+
+    convert = data.add_parser(
+        "convert",
+        help="convert structure files / ASE databases into one dataset store",
+        description="Read FILEs (any ase.io format; .db/.aselmdb/.lmdb as ASE databases), validate every "
+        "structure, write one store. Under `mpiexec -n N` the ranks share the files and write one store.",
+    )
+    convert.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    convert.add_argument("--out", required=True, type=Path, help="store to write, e.g. mydata.bp")
+    convert.add_argument("--config", type=Path, help="YAML DatasetSpec (name, level_of_theory, targets, labels, ...)")
+    convert.add_argument("--dataset", help="dataset name (also the head name)")
+    convert.add_argument("--level-of-theory", help="level-of-theory label, e.g. PBE, r2SCAN, wB97X/def2-TZVP")
+    convert.add_argument("--targets", help="comma-separated declared targets (default energy,forces)")
+    convert.add_argument("--format", help="ase.io format, when the file suffix does not tell")
+    convert.add_argument("--energy-key", help="info key of the energy (default: calculator results)")
+    convert.add_argument("--forces-key", help="arrays key of the forces (default: calculator results)")
+    convert.add_argument("--stress-key", help="info key of the stress")
+    convert.add_argument("--virial-key", help="info key of a virial (turned into stress)")
+    convert.add_argument("--energy-unit", help="eV, meV, Hartree, Ry, kcal/mol, kJ/mol")
+    convert.add_argument("--length-unit", help="Angstrom, Bohr, nm")
+    convert.add_argument("--forces-unit", help="e.g. Hartree/Bohr")
+    convert.add_argument("--stress-unit", help="e.g. GPa, kbar, eV/Angstrom^3")
+    convert.add_argument("--on-error", choices=["fail", "skip"], help="fail (default) or skip bad structures and report them")
+    convert.add_argument("--min-distance", type=float, help="closest allowed interatomic distance, Å (default 0.1)")
+    convert.add_argument("--seed", type=int, help="split seed (default 0)")
+    convert.add_argument("--report", type=Path, help="write skipped structures and reasons to this CSV")
+    convert.add_argument("--engine", default="BP5", choices=["BP4", "BP5"])
+    convert.add_argument("-v", "--verbose", action="store_true")
+    convert.set_defaults(func=run_convert)
+
+    info = data.add_parser("info", help="counts, elements, targets, energy statistics and split sizes of stores")
+    info.add_argument("stores", nargs="+", type=Path, metavar="STORE")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(func=run_info)
+
+    figure = data.add_parser("figure", help="dataset-statistics figure (sizes, element overlap)")
+    figure.add_argument("stores", nargs="+", type=Path, metavar="STORE", help="stores, or directories of stores")
+    figure.add_argument("--out", required=True, type=Path, help="image file (png, pdf, svg)")
+    figure.set_defaults(func=run_figure)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from gfmkit.data.demo import build_demo
+
+    setup_logging(args.verbose)
+    table = build_demo(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets, progress=rank() == 0, comm=world())
+    print_table(table)
+    return 0
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from gfmkit.data.spec import DatasetSpec
+
+    data = config_to_dict(load_config(DatasetSpec, args.config)) if args.config else {}
+    overrides = {"name": args.dataset, "level_of_theory": args.level_of_theory, "split_seed": args.seed}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if args.targets:
+        data["targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
+    labels = data.setdefault("labels", {})
+    for key in ("energy", "forces", "stress", "virial"):
+        value = getattr(args, f"{key}_key")
+        if value is not None:
+            labels[key] = value
+    for key in ("energy_unit", "length_unit", "forces_unit", "stress_unit"):
+        if getattr(args, key) is not None:
+            labels[key] = getattr(args, key)
+    validation = data.setdefault("validation", {})
+    if args.on_error:
+        validation["policy"] = args.on_error
+    if args.min_distance is not None:
+        validation["min_distance"] = args.min_distance
+    for required, flag in (("name", "--dataset"), ("level_of_theory", "--level-of-theory")):
+        if required not in data:
+            raise CLIError(f"give {flag} (or a --config with '{required}')")
+    try:
+        return load_config(DatasetSpec, data, where=str(args.config or "command line"))
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from gfmkit.data.ingest import convert
+    from gfmkit.data.labels import StructureError
+
+    setup_logging(args.verbose)
+    spec = _spec_from_args(args)
+    try:
+        report = convert(args.files, args.out, spec, comm=world(), format=args.format, progress=rank() == 0, engine=args.engine)
+    except StructureError as exc:
+        raise CLIError(f"{exc}; no store was written (use --on-error skip to drop bad structures)") from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(f"{exc}; no store was written") from None
+    if rank() == 0:
+        print(f"{report} -> {args.out}")
+        if report.skipped:
+            print(report.table().to_string(index=False))
+        if args.report:
+            report.table().to_csv(args.report, index=False)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from gfmkit.data.store_read import Store, StoreError
+
+    try:
+        infos = [Store(path).info() for path in args.stores]
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        print_json(infos if len(infos) > 1 else infos[0])
+        return 0
+    rows = [
+        {
+            "dataset": i["dataset"],
+            "level_of_theory": i["level_of_theory"],
+            "structures": i["structures"],
+            "atoms": i["atoms"],
+            "targets": ",".join(i["targets"]),
+            "periodic": i["periodic"],
+            "elements": " ".join(i["elements"]),
+            "E/atom mean (eV)": i["energy_per_atom"].get("mean"),
+            "E/atom std (eV)": i["energy_per_atom"].get("std"),
+            "train/val/test": "/".join(str(v) for v in i["split_sizes"].values()),
+        }
+        for i in infos
+    ]
+    print_table(pd.DataFrame(rows))
+    return 0
+
+
+def run_figure(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gfmkit.data.multi import open_stores
+    from gfmkit.data.store_read import StoreError
+    from gfmkit.viz.data import dataset_overview
+
+    try:
+        stores = open_stores(args.stores).stores
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
+    fig = dataset_overview(stores)
+    from gfmkit.files import atomic_path
+
+    with atomic_path(args.out) as tmp:
+        fig.savefig(tmp, format=args.out.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+    print(f"wrote {args.out}")
+    return 0

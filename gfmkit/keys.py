@@ -1,0 +1,42 @@
+"""Names of batch fields, store variables and result columns, in one place.
+
+Every module refers to these constants instead of spelling strings, so a typo is an
+``AttributeError`` at import time rather than a silently missing field.
+"""
+
+# Per-atom fields of a structure / batch.
+Z = "z"  # atomic numbers
+POSITIONS = "pos"  # Å
+FORCES = "forces"  # eV/Å
+
+# Per-structure fields.
+CELL = "cell"  # 3x3 lattice vectors as rows, Å; zeros where not periodic
+PBC = "pbc"  # 3 bools
+ENERGY = "energy"  # total energy, eV
+STRESS = "stress"  # 3x3, eV/Å^3, ASE sign convention
+CHARGE = "charge"  # total charge, e
+SPIN = "spin"  # spin multiplicity
+NATOMS = "natoms"
+DATASET = "dataset"  # index of the structure's head, from the dataset registry
+SPLIT = "split"  # 0 train, 1 val, 2 test
+SOURCE_INDEX = "source_index"  # position of the structure in its source (file, database, iterable)
+
+# Graph fields, built at load time.
+EDGE_INDEX = "edge_index"  # (2, E): messages flow from edge_index[0] (source j) to edge_index[1] (centre i)
+EDGE_SHIFT = "edge_shift"  # (E, 3) integer cell offsets: r_ij = pos[j] - pos[i] + shift @ cell
+
+# Label masks in a batch (a dataset may lack a label another has).
+ENERGY_MASK = "energy_mask"
+FORCES_MASK = "forces_mask"
+STRESS_MASK = "stress_mask"
+
+# Names of declarable targets of a dataset. Graph-level scalar properties use their own names.
+POTENTIAL_TARGETS = (ENERGY, FORCES, STRESS)
+
+# Split labels, in the order of their integer codes.
+SPLITS = ("train", "val", "test")
+
+# Result / table columns.
+HEAD = "head"
+LEVEL_OF_THEORY = "level_of_theory"
+ENERGY_PER_ATOM = "energy_per_atom"

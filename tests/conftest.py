@@ -1,0 +1,98 @@
+"""Shared test fixtures: an `mpiexec -n 2` runner, and demo data built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The demo scale the test session builds: small enough for CI, large enough for every dataset.
+TEST_DEMO_SCALE = 0.05
+
+_RANK_PRELUDE = """
+import json as _json, os as _os, sys as _sys
+from mpi4py import MPI as _MPI
+_rank = _MPI.COMM_WORLD.rank
+_out = open(_os.path.join({outdir!r}, f"rank{{_rank}}.txt"), "w", buffering=1)
+_sys.stdout = _out
+def emit(obj):
+    print("EMIT " + _json.dumps(obj))
+"""
+
+
+def mpiexec() -> str:
+    """The venv's mpiexec (from the mpich wheel) or the one on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    found = str(here) if here.exists() else shutil.which("mpiexec")
+    if not found:
+        pytest.skip("no mpiexec available")
+    return found
+
+
+def single_thread_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+class MPIResult:
+    """Per-rank stdout of a snippet run under mpiexec; ``emitted[r]`` holds rank r's emit() values."""
+
+    def __init__(self, outputs: list[str], returncode: int, stderr: str):
+        self.outputs, self.returncode, self.stderr = outputs, returncode, stderr
+        self.emitted = [[json.loads(line[5:]) for line in out.splitlines() if line.startswith("EMIT ")] for out in outputs]
+
+
+@pytest.fixture
+def run_mpi(tmp_path):
+    """Run a Python snippet on 2 ranks (one thread each); it may call ``emit(obj)`` to return JSON data.
+
+    ``run_mpi(code, n=2, timeout=120, check=True)`` returns an :class:`MPIResult`.
+    """
+
+    def run(code: str, n: int = 2, timeout: float = 120, check: bool = True, cwd: Path | None = None) -> MPIResult:
+        outdir = tmp_path / f"mpi-{len(list(tmp_path.glob('mpi-*')))}"
+        outdir.mkdir()
+        script = outdir / "snippet.py"
+        script.write_text(_RANK_PRELUDE.format(outdir=str(outdir)) + textwrap.dedent(code))
+        proc = subprocess.run(
+            [mpiexec(), "-n", str(n), sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=single_thread_env(),
+            cwd=cwd or tmp_path,
+        )
+        outputs = [(outdir / f"rank{r}.txt").read_text() if (outdir / f"rank{r}.txt").exists() else "" for r in range(n)]
+        result = MPIResult(outputs, proc.returncode, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"mpiexec -n {n} failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n{outputs}")
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The built-in demo datasets at test scale, built once per test session."""
+    from gfmkit.data.demo import build_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    build_demo(out, seed=0, scale=TEST_DEMO_SCALE, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_stores(demo_dir):
+    """The demo datasets opened as one multi-dataset."""
+    from gfmkit.data.multi import open_stores
+
+    return open_stores([demo_dir])
