@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from gfmkit.cli import NOT_BUILT, build_parser, main
 from gfmkit.comm import SerialComm, launched_by_mpi, world
-from gfmkit.config import ConfigError, config_to_dict, load_config, save_config
+from gfmkit.config import ConfigError, load_config, save_config
 from gfmkit.files import atomic_path
 from gfmkit.precision import get_policy, precision_scope
 from gfmkit.rundir import RunDir

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from gfmkit._version import __version__
 from gfmkit.cli import data as data_cli
 from gfmkit.cli import demo as demo_cli
-from gfmkit.cli.common import CLIError, fail, rank
+from gfmkit.cli.common import CLIError, fail
 
 # Capabilities whose implementation has not landed yet: (help, issue that builds it).
 NOT_BUILT = {

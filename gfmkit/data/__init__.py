@@ -1,0 +1,25 @@
+"""Structures in, ADIOS2 stores out, stores read back (one per dataset, or many as one)."""
+
+from gfmkit.data.hydragnn import HydraGNNFormatError, HydraGNNStore
+from gfmkit.data.labels import Problem, StructureError, structure_from_atoms
+from gfmkit.data.spec import DatasetSpec, LabelSpec, ValidationSpec
+from gfmkit.data.store_read import Store, StoreError
+from gfmkit.data.store_write import write_store
+from gfmkit.data.structure import Structure
+from gfmkit.data.validate import validate
+
+__all__ = [
+    "DatasetSpec",
+    "HydraGNNFormatError",
+    "HydraGNNStore",
+    "LabelSpec",
+    "Problem",
+    "Store",
+    "StoreError",
+    "Structure",
+    "StructureError",
+    "ValidationSpec",
+    "structure_from_atoms",
+    "validate",
+    "write_store",
+]

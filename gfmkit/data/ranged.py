@@ -1,0 +1,113 @@
+"""What every store reader shares: a contiguous range ``[start, stop)`` of one ADIOS2 file.
+
+Subclasses read their per-structure arrays of the range into ``_per_structure`` on open and provide
+``arrays(i)``, ``_structure(arrays)`` and ``subset(start, stop, preload=...)``; indexing, iteration,
+sharding, split selection and the per-process ADIOS2 handle live here once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import adios2
+import numpy as np
+from ase import Atoms
+
+from gfmkit import keys
+from gfmkit.data import store_format as fmt
+from gfmkit.data.structure import Structure
+
+
+class RangedStore:
+    """Base of :class:`~gfmkit.data.Store` and :class:`~gfmkit.data.HydraGNNStore`."""
+
+    path: Path
+    start: int
+    stop: int
+    preloaded: bool
+    _per_structure: dict[str, np.ndarray]
+    _reader: Any = None
+    _pid: int = -1
+
+    def arrays(self, index: int) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def subset(self, start: int, stop: int, *, preload: bool | None = None) -> RangedStore:  # pragma: no cover
+        raise NotImplementedError
+
+    def _structure(self, arrays: dict[str, np.ndarray]) -> Structure:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[Structure]:
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, index: int | slice) -> Structure | list[Structure]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._structure(self.arrays(index))
+
+    def atoms(self, index: int) -> Atoms:
+        """Structure ``index`` as ``ase.Atoms`` with its labels attached (SinglePointCalculator)."""
+        return self[index].to_atoms()
+
+    @property
+    def natoms(self) -> np.ndarray:
+        """Atoms per structure of this range."""
+        return self._per_structure[fmt.NATOMS]
+
+    @property
+    def split(self) -> np.ndarray:
+        """Split code per structure of this range (0 train, 1 val, 2 test)."""
+        return self._per_structure[fmt.SPLIT]
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Indices (relative to this range) of the structures in ``split`` ("train", "val", "test")."""
+        return np.flatnonzero(self.split == keys.SPLITS.index(split))
+
+    def column(self, name: str) -> np.ndarray:
+        """A per-structure array of this range by store variable name (e.g. ``energy``)."""
+        return self._per_structure[name]
+
+    def shard(self, rank: int, size: int, *, preload: bool | None = None) -> RangedStore:
+        """Rank ``rank``'s contiguous share of this range when ``size`` ranks split it."""
+        bounds = np.linspace(0, len(self), size + 1).round().astype(int)
+        return self.subset(int(bounds[rank]), int(bounds[rank + 1]), preload=preload)
+
+    @property
+    def reader(self) -> Any:
+        """This process's ADIOS2 reader (a forked or spawned worker opens its own)."""
+        if self._reader is None or self._pid != os.getpid():
+            self._reader = adios2.FileReader(str(self.path))
+            self._pid = os.getpid()
+        return self._reader
+
+    def _normalise(self, index: int) -> int:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"structure {index} out of range for {self!r}")
+        return index % n
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_reader"], state["_pid"] = None, -1
+        return state
+
+
+def as_list(value: Any) -> list[Any]:
+    """An ADIOS2 attribute (a scalar, a string or an array) as a list."""
+    if isinstance(value, str):
+        return [value]
+    return list(np.atleast_1d(value).tolist())
+
+
+def periodicity(pbc: np.ndarray) -> str:
+    """``periodic``, ``molecular``, ``mixed`` or a ``+``-joined combination, for a (S, 3) pbc array."""
+    full, none = pbc.all(axis=1), ~pbc.any(axis=1)
+    kinds = [name for name, mask in (("periodic", full), ("molecular", none), ("mixed", ~full & ~none)) if mask.any()]
+    return "+".join(kinds) or "none"

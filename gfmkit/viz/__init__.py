@@ -1,0 +1,1 @@
+"""Figures (matplotlib) and structure views (nglview) from stores and run directories."""
