@@ -95,8 +95,12 @@ def _check_labels(structure: Structure, n: int, problem) -> None:
 
 
 def _check_distances(structure: Structure, min_distance: float, problem) -> None:
-    finder = vesin.NeighborList(cutoff=min_distance, full_list=False)
+    # vesin's cell grid has (volume / cutoff^3) bins: searching at >= 1 Å and filtering is 50-1000x faster
+    # than searching at 0.1 Å, and finds exactly the same pairs.
+    finder = vesin.NeighborList(cutoff=max(min_distance, 1.0), full_list=False)
     i, j, d = finder.compute(structure.positions, structure.cell, structure.pbc, "ijd")
+    close = d < min_distance
+    i, j, d = i[close], j[close], d[close]
     if len(d):
         k = int(np.argmin(d))
         problem(
