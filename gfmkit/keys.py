@@ -40,3 +40,7 @@ SPLITS = ("train", "val", "test")
 HEAD = "head"
 LEVEL_OF_THEORY = "level_of_theory"
 ENERGY_PER_ATOM = "energy_per_atom"
+
+# Graph-level property targets of property tasks, in a batch: (B, P) values and mask, P = property names.
+PROPERTIES = "properties"
+PROPERTIES_MASK = "properties_mask"

@@ -1,0 +1,193 @@
+"""How often each dataset is seen, and how draws become (global, then per-rank) batches.
+
+The paper's datasets differ in size by orders of magnitude; a proportional draw lets the largest
+dominate, a uniform one over-fits the smallest. :class:`DatasetMixer` draws one global sequence of
+items from a strategy and a seed; :class:`GlobalBatchSampler` cuts it into global batches (by count
+and/or budgets of atoms and edges) and gives each MPI rank its contiguous slice of every global batch.
+The sequence depends only on the seed and the epoch, never on the number of ranks, so 1 rank and N
+ranks see the same data in the same steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Strategy = Literal["proportional", "uniform", "temperature", "weights"]
+
+
+def dataset_probabilities(
+    sizes: Sequence[int],
+    strategy: Strategy = "proportional",
+    *,
+    temperature: float = 1.0,
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Probability of drawing from each dataset.
+
+    ``proportional``: p ~ n; ``uniform``: each dataset equally often; ``temperature``: p ~ n^(1/T)
+    (T = 1 proportional, T -> inf uniform); ``weights``: p ~ the given weights.
+    """
+    n = np.asarray(sizes, dtype=np.float64)
+    if strategy == "proportional":
+        raw = n.copy()
+    elif strategy == "uniform":
+        raw = (n > 0).astype(np.float64)
+    elif strategy == "temperature":
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        raw = np.where(n > 0, n ** (1.0 / temperature), 0.0)
+    elif strategy == "weights":
+        if weights is None or len(weights) != len(n):
+            raise ValueError(f"strategy 'weights' needs one weight per dataset ({len(n)}), got {weights}")
+        raw = np.where(n > 0, np.asarray(weights, dtype=np.float64), 0.0)
+        if (raw < 0).any():
+            raise ValueError("dataset weights must be non-negative")
+    else:
+        raise ValueError(f"unknown sampling strategy {strategy!r}; choose proportional, uniform, temperature or weights")
+    if raw.sum() <= 0:
+        raise ValueError("no dataset can be drawn from (all empty or zero weight)")
+    return raw / raw.sum()
+
+
+class DatasetMixer:
+    """A seeded sequence of item indices mixing datasets by a strategy.
+
+    ``groups[k]`` is item k's dataset (e.g. ``GraphDataset.head``). Each draw picks a dataset with
+    :func:`dataset_probabilities`, then that dataset's next item from a shuffled pass over it (a new
+    shuffle after every pass), so within a dataset nothing repeats before everything was seen.
+    """
+
+    def __init__(
+        self,
+        groups: np.ndarray,
+        *,
+        strategy: Strategy = "proportional",
+        temperature: float = 1.0,
+        weights: Mapping[int, float] | Sequence[float] | None = None,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ):
+        self.groups = np.asarray(groups, dtype=np.int64)
+        self.group_ids = np.unique(self.groups)
+        self.members = [np.flatnonzero(self.groups == g) for g in self.group_ids]
+        if isinstance(weights, Mapping):
+            weights = [float(weights.get(int(g), 0.0)) for g in self.group_ids]
+        self.probabilities = dataset_probabilities(
+            [len(m) for m in self.members], strategy, temperature=temperature, weights=weights
+        )
+        self.num_samples = len(self.groups) if num_samples is None else int(num_samples)
+        self.seed = seed
+
+    def sequence(self, epoch: int = 0) -> np.ndarray:
+        """The epoch's ``num_samples`` item indices (the same for every rank count)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        choice = rng.choice(len(self.members), size=self.num_samples, p=self.probabilities)
+        out = np.empty(self.num_samples, dtype=np.int64)
+        for g, members in enumerate(self.members):
+            where = np.flatnonzero(choice == g)
+            if len(where) == 0:
+                continue
+            passes = -(-len(where) // len(members))
+            order = np.concatenate([rng.permutation(members) for _ in range(passes)])
+            out[where] = order[: len(where)]
+        return out
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Global batches from a :class:`DatasetMixer`, and this rank's slice of each.
+
+    A global batch takes items in sequence order while it has fewer than ``batch_size`` items and stays
+    within ``max_atoms`` / ``max_edges`` (an item larger than a budget forms a batch of its own). Each
+    rank gets a contiguous slice, balanced by atoms; a slice may be empty when a batch has fewer items
+    than ranks (``collate`` then gives ``None`` and the trainer contributes nothing but still joins the
+    collective). ``state_dict`` holds the epoch and the next batch, for exact resume.
+    """
+
+    def __init__(
+        self,
+        mixer: DatasetMixer,
+        natoms: np.ndarray,
+        *,
+        batch_size: int | None = None,
+        max_atoms: int | None = None,
+        max_edges: int | None = None,
+        edges: np.ndarray | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ):
+        if batch_size is None and max_atoms is None and max_edges is None:
+            raise ValueError("give batch_size, max_atoms or max_edges")
+        if max_edges is not None and edges is None:
+            raise ValueError("max_edges needs the per-item edge counts (GraphDataset.edge_counts())")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        self.mixer, self.natoms, self.edges = mixer, np.asarray(natoms), None if edges is None else np.asarray(edges)
+        self.batch_size, self.max_atoms, self.max_edges = batch_size, max_atoms, max_edges
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch, self.start_batch = 0, 0
+        self._cache: tuple[int, list[np.ndarray]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch (call before each epoch, as with DistributedSampler)."""
+        if epoch != self.epoch:
+            self.epoch, self.start_batch = epoch, 0
+
+    def global_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """All global batches (item indices) of an epoch."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, self._cut(self.mixer.sequence(epoch)))
+        return self._cache[1]
+
+    def _cut(self, sequence: np.ndarray) -> list[np.ndarray]:
+        batches, current, atoms, edges = [], [], 0, 0
+        for item in sequence:
+            a = int(self.natoms[item])
+            e = int(self.edges[item]) if self.edges is not None else 0
+            full = (
+                (self.batch_size is not None and len(current) >= self.batch_size)
+                or (self.max_atoms is not None and atoms + a > self.max_atoms)
+                or (self.max_edges is not None and edges + e > self.max_edges)
+            )
+            if current and full:
+                batches.append(np.array(current, dtype=np.int64))
+                current, atoms, edges = [], 0, 0
+            current.append(int(item))
+            atoms, edges = atoms + a, edges + e
+        if current and not (self.drop_last and self.batch_size is not None and len(current) < self.batch_size):
+            batches.append(np.array(current, dtype=np.int64))
+        return batches
+
+    def rank_slice(self, batch: np.ndarray, rank: int | None = None) -> np.ndarray:
+        """Rank ``rank``'s contiguous part of a global batch, balanced by atom count."""
+        rank = self.rank if rank is None else rank
+        if self.world_size == 1:
+            return batch
+        cumulative = np.cumsum(self.natoms[batch])
+        total = cumulative[-1] if len(cumulative) else 0
+        # Item k goes to the rank whose share of the atoms holds the item's midpoint.
+        mids = cumulative - self.natoms[batch] / 2.0
+        owner = np.minimum((mids * self.world_size / max(total, 1)).astype(np.int64), self.world_size - 1)
+        return batch[owner == rank]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.global_batches()
+        while self.start_batch < len(batches):
+            batch = batches[self.start_batch]
+            self.start_batch += 1
+            yield self.rank_slice(batch).tolist()
+        self.epoch, self.start_batch = self.epoch + 1, 0
+
+    def __len__(self) -> int:
+        return len(self.global_batches())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "start_batch": self.start_batch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epoch, self.start_batch = int(state["epoch"]), int(state["start_batch"])
