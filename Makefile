@@ -20,7 +20,7 @@ BIN := $(VENV)/bin
 INSTALL_KEY := $(shell printf '%s|%s|%s' '$(TORCH_SPEC)' '$(TORCH_ARGS)' '$(EXTRAS)' | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.gfmkit-installed-$(INSTALL_KEY)
 
-.PHONY: install demo test test-fast clean-venv
+.PHONY: install demo test test-fast clean-venv adios2-mpi
 
 install: $(STAMP)
 
@@ -45,3 +45,29 @@ test-fast: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Rebuild the adios2 Python package with MPI (parallel store writes) against this venv's MPI and
+# mpi4py; about 7 minutes on 2 cores. MPICC/MPICXX select a site MPI (e.g. MPICC=cc MPICXX=CC on Cray).
+ADIOS2_VERSION ?= $(shell $(BIN)/python -c 'import importlib.metadata as m; print(m.version("adios2"))' 2>/dev/null)
+MPICC ?= $(abspath $(BIN))/mpicc
+MPICXX ?= $(abspath $(BIN))/mpicxx
+ADIOS2_OFF := Fortran HDF5 HDF5_VOL SST ZeroMQ DataMan CURL OpenSSL Campaign Blosc2 BZip2 ZFP SZ SZ3 PNG \
+	MGARD PRODM LIBPRESSIO BigWhoop Caliper DAOS DataSpaces MHS IME UCX Sodium Catalyst XRootD Profiling
+adios2-mpi: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt scikit-build-core cmake ninja pybind11 "setuptools_scm>=8"
+	rm -rf $(VENV)/adios2-src && mkdir -p $(VENV)/adios2-src
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation "adios2==$(ADIOS2_VERSION)" -d $(VENV)/adios2-src
+	tar xzf $(VENV)/adios2-src/adios2-*.tar.gz -C $(VENV)/adios2-src
+	@# adios2's pip build (ADIOS2_USE_PIP) never looks for mpi4py, so with MPI on it silently drops the
+	@# Python bindings; make that branch find mpi4py too.
+	sed -i 's|^\(  set(ADIOS2_HAVE_PIP TRUE)\)|  if(ADIOS2_HAVE_MPI)\n    find_package(PythonModule REQUIRED COMPONENTS mpi4py mpi4py/mpi4py.h)\n  endif()\n\1|' \
+		$(VENV)/adios2-src/adios2-*/cmake/DetectOptions.cmake
+	PATH="$(abspath $(BIN)):$$PATH" CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+	$(BIN)/python -m pip install --no-deps --no-build-isolation --force-reinstall --no-binary adios2 \
+		$$(ls -d $(VENV)/adios2-src/adios2-*/) -C cmake.build-type=Release \
+		-C cmake.define.MPI_C_COMPILER=$(MPICC) -C cmake.define.MPI_CXX_COMPILER=$(MPICXX) \
+		-C cmake.define.Python_EXECUTABLE=$(abspath $(BIN))/python \
+		-C cmake.define.BUILD_TESTING=OFF -C cmake.define.ADIOS2_BUILD_EXAMPLES=OFF \
+		-C cmake.define.ADIOS2_USE_MPI=ON -C cmake.define.ADIOS2_USE_Python=ON -C cmake.define.ADIOS2_USE_PIP=ON \
+		$(foreach opt,$(ADIOS2_OFF),-C cmake.define.ADIOS2_USE_$(opt)=OFF)
+	$(BIN)/python -c 'import adios2, sys; print("adios2 with MPI:", adios2.is_built_with_mpi); sys.exit(not adios2.is_built_with_mpi)'

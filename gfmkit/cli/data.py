@@ -60,6 +60,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=run_info)
 
+    sampling = data.add_parser(
+        "sampling",
+        help="how often each dataset is drawn under a sampling strategy (imbalance planning)",
+        description="Per dataset: size, draw probability and passes per epoch, for one strategy or all.",
+    )
+    sampling.add_argument("stores", nargs="+", type=Path, metavar="STORE", help="stores, or directories of stores")
+    sampling.add_argument("--split", default="train", choices=["train", "val", "test", "all"])
+    sampling.add_argument("--strategy", choices=["proportional", "uniform", "temperature", "all"], default="all")
+    sampling.add_argument("--temperature", type=float, default=2.0, help="T of p ~ n^(1/T) (default 2)")
+    sampling.add_argument("--figure", type=Path, help="also write a figure comparing the strategies")
+    sampling.set_defaults(func=run_sampling)
+
     figure = data.add_parser("figure", help="dataset-statistics figure (sizes, element overlap)")
     figure.add_argument("stores", nargs="+", type=Path, metavar="STORE", help="stores, or directories of stores")
     figure.add_argument("--out", required=True, type=Path, help="image file (png, pdf, svg)")
@@ -175,4 +187,38 @@ def run_figure(args: argparse.Namespace) -> int:
     with atomic_path(args.out) as tmp:
         fig.savefig(tmp, format=args.out.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
     print(f"wrote {args.out}")
+    return 0
+
+
+def run_sampling(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from gfmkit.data.multi import open_stores
+    from gfmkit.data.sampling import sampling_plan
+    from gfmkit.data.store_read import StoreError
+
+    try:
+        multi = open_stores(args.stores)
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
+    sizes = {
+        s.name: len(s) if args.split == "all" else len(s.split_indices(args.split)) for s in multi.stores
+    }
+    strategies = ["proportional", "uniform", "temperature"] if args.strategy == "all" else [args.strategy]
+    plans = {
+        (f"temperature T={args.temperature:g}" if k == "temperature" else k): sampling_plan(sizes, k, temperature=args.temperature)
+        for k in strategies
+    }
+    table = pd.concat([plan.assign(strategy=label) for label, plan in plans.items()], ignore_index=True)
+    print_table(table[["strategy", "dataset", "structures", "share", "probability", "draws_per_epoch", "passes"]].round(4))
+    if args.figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from gfmkit.files import atomic_path
+        from gfmkit.viz.data import sampling_overview
+
+        with atomic_path(args.figure) as tmp:
+            sampling_overview(plans).savefig(tmp, format=args.figure.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+        print(f"wrote {args.figure}")
     return 0

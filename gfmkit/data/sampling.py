@@ -11,10 +11,13 @@ ranks see the same data in the same steps.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Strategy = Literal["proportional", "uniform", "temperature", "weights"]
 
@@ -191,3 +194,29 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.epoch, self.start_batch = int(state["epoch"]), int(state["start_batch"])
+
+
+def sampling_plan(
+    sizes: Mapping[str, int],
+    strategy: Strategy = "proportional",
+    *,
+    temperature: float = 1.0,
+    weights: Mapping[str, float] | None = None,
+    num_samples: int | None = None,
+) -> pd.DataFrame:
+    """Per dataset: size, draw probability, expected draws per epoch and passes over the dataset.
+
+    ``passes`` > 1 means the dataset's structures repeat within an epoch (over-sampling), < 1 that
+    some are not seen (under-sampling); ``num_samples`` defaults to the total size.
+    """
+    import pandas as pd
+
+    names = list(sizes)
+    n = np.array([sizes[k] for k in names], dtype=np.float64)
+    w = None if weights is None else [float(weights.get(k, 0.0)) for k in names]
+    p = dataset_probabilities(n, strategy, temperature=temperature, weights=w)
+    draws = p * (n.sum() if num_samples is None else num_samples)
+    return pd.DataFrame(
+        {"dataset": names, "structures": n.astype(int), "share": n / n.sum(), "probability": p,
+         "draws_per_epoch": draws, "passes": np.divide(draws, n, out=np.zeros_like(n), where=n > 0)}
+    )

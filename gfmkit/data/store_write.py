@@ -142,7 +142,7 @@ def _attributes(spec, block, natoms, energy, element_counts, split) -> dict[str,
 
 
 def _open(path: Path, engine: str, comm: Any = None):
-    adios = adios2.Adios(comm) if comm is not None else adios2.Adios()
+    adios = adios2.Adios(comm=comm) if comm is not None else adios2.Adios()
     io = adios.declare_io(f"gfmkit-write-{path.name}")
     io.set_engine(engine)
     io.set_parameter("Profile", "Off")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 from ase.data import atomic_numbers
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from gfmkit.data.store_read import Store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def dataset_overview(stores: Sequence[Store]) -> Figure:
@@ -30,9 +35,10 @@ def dataset_overview(stores: Sequence[Store]) -> Figure:
     axes[0].invert_yaxis()
     axes[0].set_xlabel("structures")
     axes[0].set_title("Dataset sizes")
-    for lot, colour in palette.items():
-        axes[0].bar(0, 0, color=colour, label=lot)
-    axes[0].legend(title="level of theory", fontsize=8, loc="lower right")
+    axes[0].set_xlim(0.5 * sizes.min(), 3 * sizes.max())
+    handles = [Patch(color=colour, label=lot) for lot, colour in palette.items()]
+    axes[0].legend(handles=handles, title="level of theory", fontsize=8, loc="upper center",
+                   bbox_to_anchor=(0.5, -0.12), ncol=min(3, len(handles)))
 
     axes[1].imshow(presence, cmap="Greens", aspect="auto", vmin=0, vmax=1.3)
     axes[1].set_xticks(range(len(elements)), elements)
@@ -44,5 +50,24 @@ def dataset_overview(stores: Sequence[Store]) -> Figure:
     axes[2].set_yticks(range(len(names)), names)
     axes[2].set_title("Element overlap (Jaccard)")
     fig.colorbar(image, ax=axes[2], fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def sampling_overview(plans: dict[str, pd.DataFrame]) -> Figure:
+    """Draw probability per dataset under several strategies (bars), against the dataset's share."""
+    names = list(next(iter(plans.values()))["dataset"])
+    x = np.arange(len(names))
+    width = 0.8 / len(plans)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 3.8))
+    for k, (label, plan) in enumerate(plans.items()):
+        ax.bar(x + (k - (len(plans) - 1) / 2) * width, plan["probability"], width, label=label)
+    share = next(iter(plans.values()))["share"]
+    ax.plot(x, share, "k_", markersize=20, mew=2, label="share of structures")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("probability a draw comes from the dataset")
+    ax.legend(fontsize=8)
+    ax.set_title("How often each dataset is seen")
     fig.tight_layout()
     return fig
