@@ -236,3 +236,22 @@ def test_two_ranks_see_the_same_multiset_per_step_as_one(run_mpi, demo_dir):
     for step, expected in enumerate(single):
         assert sorted(map(tuple, rank0[step] + rank1[step])) == sorted(map(tuple, expected))
     assert all(rank0) and all(rank1)  # batches of 5 over 2 ranks: both always busy
+
+
+def test_sampling_plan_and_cli(demo_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gfmkit.data.sampling import sampling_plan
+
+    plan = sampling_plan({"big": 900, "small": 100}, "temperature", temperature=2.0)
+    assert plan["probability"].tolist() == pytest.approx([30 / 40, 10 / 40])
+    assert plan["passes"].tolist() == pytest.approx([750 / 900, 250 / 100])
+    assert sampling_plan({"big": 900, "small": 100}, "uniform")["draws_per_epoch"].tolist() == [500, 500]
+    exe = Path(sys.executable).parent / "gfmkit"
+    out = subprocess.run([str(exe), "data", "sampling", str(demo_dir), "--figure", str(tmp_path / "s.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "temperature T=2" in out.stdout and "clusters" in out.stdout
+    assert (tmp_path / "s.png").exists()
