@@ -267,12 +267,26 @@ def _surface_structure(rng: np.random.Generator) -> Atoms:
         chosen = rng.choice(len(offsets), size=n_adsorbates, replace=False)
         for k in chosen:
             adsorbate = ADSORBATES[rng.integers(len(ADSORBATES))]
-            height = rng.uniform(0.9, 1.5) if adsorbate == "H" else rng.uniform(1.1, 2.0)
-            add_adsorbate(slab, adsorbate, height, sites[rng.integers(len(sites))], offset=offsets[k])
+            add_adsorbate(slab, adsorbate, 1.0, sites[rng.integers(len(sites))], offset=offsets[k])
+            # EMT's adsorbate-metal bonds sit near 1.8-2.2 Å (H: longer on Au, Pt): set the height for such a distance to the
+            # nearest surface atom (a fixed height puts on-top atoms far too close: forces of 100+ eV/Å).
+            _set_bond_length(slab, rng.uniform(2.0, 2.6) if adsorbate == "H" else rng.uniform(1.9, 2.4))
         if n_adsorbates == 1 or slab.get_distance(-1, -2, mic=True) > 1.8:
             break
     _rattle(slab, rng, 0.02, 0.08)
     return slab
+
+
+def _set_bond_length(slab: Atoms, distance: float) -> None:
+    """Move the last atom (an adsorbate) along z so its nearest metal neighbour is ``distance`` away."""
+    metal = np.array([symbol not in ADSORBATES for symbol in slab.get_chemical_symbols()])
+    top = slab.positions[metal, 2].max()
+    surface = slab.positions[metal & (slab.positions[:, 2] > top - 0.5)]
+    lateral = surface[:, :2] - slab.positions[-1, :2]
+    # nearest in-plane distance over periodic images of the surface layer
+    images = np.array([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)]) @ slab.cell[:2, :2]
+    r = np.min(np.linalg.norm(lateral[:, None, :] + images[None, :, :], axis=2))
+    slab.positions[-1, 2] = top + np.sqrt(max(distance**2 - r**2, 0.7**2))
 
 
 @cache
