@@ -1,5 +1,18 @@
 """gfmkit: train, tune, test and use multi-task atomistic graph foundation models, from a notebook."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from gfmkit._version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import gfmkit` (and the CLI's start-up) does not import torch.
+    if name == "load_model":
+        from gfmkit.models import load_model
+
+        return load_model
+    raise AttributeError(f"module 'gfmkit' has no attribute {name!r}")

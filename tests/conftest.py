@@ -96,3 +96,20 @@ def demo_stores(demo_dir):
     from gfmkit.data.multi import open_stores
 
     return open_stores([demo_dir])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(demo_stores, tmp_path_factory) -> Path:
+    """A small multi-head model trained briefly on the demo data (all heads), saved once per session."""
+    import torch
+
+    from gfmkit.data.graphs import GraphDataset
+    from gfmkit.models import ModelConfig, build_model, save_checkpoint
+    from training import fit_multi
+
+    torch.manual_seed(0)
+    config = ModelConfig(hidden=32, layers=2, n_rbf=10, cutoff=4.5, head_hidden=16)
+    model = build_model(config, demo_stores).double()
+    dataset = GraphDataset(demo_stores, config.cutoff, split="train")
+    fit_multi(model, dataset, steps=150, lr=3e-3, batch_size=8)
+    return save_checkpoint(model.eval(), tmp_path_factory.mktemp("model") / "tiny.pt", registry=demo_stores.registry.names)

@@ -1,0 +1,27 @@
+"""Models: a multi-head PaiNN (shared encoder, one head per dataset), checkpoints, ASE calculator."""
+
+from __future__ import annotations
+
+from gfmkit.models.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from gfmkit.models.config import HeadConfig, ModelConfig
+from gfmkit.models.multihead import MultiHeadPaiNN
+from gfmkit.models.statistics import heads_from_stores
+
+
+def build_model(config: ModelConfig, stores, *, split: str = "train") -> MultiHeadPaiNN:
+    """A model with one head per dataset of ``stores`` (a MultiStore), in registry order, with
+    reference energies, scale and shift fitted on each dataset's ``split``."""
+    return MultiHeadPaiNN(config, heads_from_stores(stores, max_z=config.max_z, split=split))
+
+
+__all__ = [
+    "CheckpointError",
+    "HeadConfig",
+    "ModelConfig",
+    "MultiHeadPaiNN",
+    "build_model",
+    "heads_from_stores",
+    "load_model",
+    "read_checkpoint",
+    "save_checkpoint",
+]

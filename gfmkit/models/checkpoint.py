@@ -1,0 +1,100 @@
+"""Checkpoints: config + state dict + head metadata + gfmkit version, as plain data and tensors.
+
+Loaded with ``torch.load(weights_only=True)``: no pickled code ever runs. ``load_model(path)``
+rebuilds the model from the file alone. Older schemas migrate through ``MIGRATIONS``; a newer schema
+or a truncated/corrupt file is a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gfmkit._version import __version__
+from gfmkit.config import load_config
+from gfmkit.files import atomic_path
+from gfmkit.models.config import HeadConfig, ModelConfig
+from gfmkit.models.multihead import MultiHeadPaiNN
+
+FORMAT = "gfmkit-checkpoint"
+SCHEMA_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be loaded: missing, truncated, not gfmkit's, or from a newer gfmkit."""
+
+
+def checkpoint_dict(model: MultiHeadPaiNN, **extra: Any) -> dict[str, Any]:
+    """Everything that rebuilds ``model``, plus ``extra`` plain-data entries (e.g. training state)."""
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "gfmkit_version": __version__,
+        "model": "MultiHeadPaiNN",
+        "config": asdict(model.config),
+        "heads": [asdict(h) for h in model.heads],
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+
+
+def save_checkpoint(model: MultiHeadPaiNN, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write a checkpoint atomically (temporary file, then rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint_dict(model, **extra), tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's contents (migrated to the current schema), loaded without unpickling code."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, ...
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a gfmkit checkpoint")
+    version = int(data.get("schema_version", 0))
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint schema {version} is newer than this gfmkit understands ({SCHEMA_VERSION}); upgrade gfmkit"
+        )
+    while version < SCHEMA_VERSION:
+        data = MIGRATIONS[version](data)
+        version = int(data["schema_version"])
+    return data
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> MultiHeadPaiNN:
+    """Rebuild the model a checkpoint describes, with its weights, dtype and head statistics."""
+    data = read_checkpoint(path, map_location)
+    where = f"{path} (config)"
+    config = load_config(ModelConfig, data["config"], where=where)
+    heads = [load_config(HeadConfig, h, where=f"{path} (heads)") for h in data["heads"]]
+    model = MultiHeadPaiNN(config, heads).to(getattr(torch, data.get("dtype", "float32")))
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: state dict does not match its config: {exc}") from None
+    return model.to(map_location)
+
+
+def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 0 is the minimal layout (config, state dict, head names under ``datasets``, no dtype) that
+    hand-written conversions of other codes' weights produce; schema 1 adds head metadata and dtype."""
+    data = dict(data)
+    if "heads" not in data:
+        data["heads"] = [{"name": name} for name in data.pop("datasets")]
+    data.setdefault("dtype", "float32")
+    data["schema_version"] = 1
+    return data
+
+
+MIGRATIONS = {0: _migrate_0_to_1}

@@ -1,0 +1,55 @@
+"""Model and head descriptions: small dataclasses, saved in every checkpoint (a checkpoint alone rebuilds
+its model) and loadable from YAML with :func:`gfmkit.config.load_config`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    """PaiNN encoder and head sizes (reference hyperparameters of the paper: 3 layers, 128 features,
+    20 radial functions, 5 Å)."""
+
+    hidden: int = 128
+    layers: int = 3
+    n_rbf: int = 20
+    cutoff: float = 5.0
+    max_z: int = 100
+    head_hidden: int = 64
+    conditioning: bool = False  # per-structure charge and spin enter the initial scalar features
+    direct_forces: bool = False  # forces from an equivariant linear readout of vector features (not conservative)
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "layers", "n_rbf", "max_z", "head_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model {name} must be positive, got {getattr(self, name)}")
+        if self.cutoff <= 0:
+            raise ValueError(f"model cutoff must be positive, got {self.cutoff}")
+
+
+@dataclass
+class HeadConfig:
+    """One output head: a dataset's energy (forces, stress follow) or a graph-level property.
+
+    ``reference_energies`` are per-element energies (eV) added to the energy head's output; they are
+    fitted from the dataset's training split or given as isolated-atom energies. ``scale`` and
+    ``shift`` turn the MLP's per-atom output into eV per atom (energy heads) or property units.
+    """
+
+    name: str
+    kind: Literal["energy", "property"] = "energy"
+    target: str = "energy"
+    pooling: Literal["sum", "mean"] = "sum"
+    level_of_theory: str = ""
+    targets: list[str] = field(default_factory=lambda: ["energy", "forces"])
+    reference_energies: dict[str, float] = field(default_factory=dict)
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind == "energy" and (self.target != "energy" or self.pooling != "sum"):
+            raise ValueError(f"head {self.name!r}: an energy head has target 'energy' and sum pooling")
+        if self.scale <= 0:
+            raise ValueError(f"head {self.name!r}: scale must be positive, got {self.scale}")

@@ -1,0 +1,135 @@
+"""MultiHeadPaiNN: a shared PaiNN encoder and one output head per dataset.
+
+One forward returns each structure's own-head energy, conservative forces (-dE/dpos) and, for fully
+periodic structures, the stress (1/V dE/d strain, eV/Å^3, ASE's sign). Edge vectors are formed inside
+autograd from positions, cell and integer shifts, after a symmetric strain is applied to positions
+and cell, so forces and stress come from one ``autograd.grad`` call. The encoder runs once however
+many heads are read: ``energies=True`` also returns every head's energy (B, n_heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from gfmkit import keys
+from gfmkit.models.config import HeadConfig, ModelConfig
+from gfmkit.models.heads import StackedHeads
+from gfmkit.models.painn import PaiNNEncoder
+
+
+class MultiHeadPaiNN(nn.Module):
+    """Shared PaiNN encoder + stacked per-dataset heads. Build with heads from data via
+    :func:`gfmkit.models.build_model`, or directly from configs."""
+
+    def __init__(self, config: ModelConfig, heads: Sequence[HeadConfig]):
+        super().__init__()
+        self.config = config
+        self.heads = [HeadConfig(**asdict(h)) for h in heads]
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ValueError(f"head names must be unique, got {names}")
+        self.encoder = PaiNNEncoder(config.hidden, config.layers, config.n_rbf, config.cutoff, config.max_z, config.conditioning)
+        self.readout = StackedHeads(self.heads, config.hidden, config.head_hidden, config.max_z)
+        self.direct = nn.Linear(config.hidden, len(self.heads), bias=False) if config.direct_forces else None
+        self.load_head_statistics()
+
+    @property
+    def head_names(self) -> list[str]:
+        return [h.name for h in self.heads]
+
+    def head_index(self, name: str) -> int:
+        try:
+            return self.head_names.index(name)
+        except ValueError:
+            raise KeyError(f"model has no head {name!r}; heads: {self.head_names}") from None
+
+    def calculator(self, head: str) -> Any:
+        """An ASE calculator of this model's head ``head`` (energy, forces, stress)."""
+        from gfmkit.models.calculator import GFMCalculator
+
+        return GFMCalculator(self, head)
+
+    def load_head_statistics(self) -> None:
+        """Copy each HeadConfig's references, scale and shift into the model's float64 buffers."""
+        from ase.data import atomic_numbers
+
+        with torch.no_grad():
+            self.readout.reference.zero_()
+            for k, head in enumerate(self.heads):
+                for symbol, value in head.reference_energies.items():
+                    self.readout.reference[k, atomic_numbers[symbol]] = float(value)
+                self.readout.scale[k] = head.scale
+                self.readout.shift[k] = head.shift
+
+    def forward(
+        self,
+        batch: Any,
+        *,
+        forces: bool = True,
+        stress: bool = False,
+        energies: bool = False,
+        training: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Predictions for a PyG batch (fields of :mod:`gfmkit.data.graphs`).
+
+        Returns ``energy`` (B,) of each structure's own head (for property heads: the property),
+        ``forces`` (N, 3) when ``forces``, ``stress`` (B, 3, 3) when ``stress`` (zeros for structures
+        that are not fully periodic), ``energies`` (B, n_heads) when ``energies``. ``training`` keeps
+        the graph so that a loss on forces/stress can be back-propagated.
+        """
+        cell = batch.cell
+        n_graphs = int(batch.natoms.numel())
+        graph_of_atom = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(batch.z)
+        conservative = forces and self.direct is None
+        leaf = batch.pos.detach().requires_grad_(True) if (conservative or stress) else batch.pos
+        pos = leaf
+        strain = None
+        if stress:
+            strain = torch.zeros(n_graphs, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            pos = pos + torch.bmm(pos[:, None, :], symmetric.index_select(0, graph_of_atom)).squeeze(1)
+            cell = cell + torch.bmm(cell, symmetric)
+        j, i = batch.edge_index[0], batch.edge_index[1]
+        graph_of_edge = graph_of_atom.index_select(0, i)
+        offsets = torch.bmm(batch.edge_shift.to(pos.dtype)[:, None, :], cell.index_select(0, graph_of_edge)).squeeze(1)
+        vectors = pos.index_select(0, j) - pos.index_select(0, i) + offsets
+
+        condition = None
+        if self.config.conditioning:
+            condition = torch.stack([batch.charge, batch.spin], dim=1).index_select(0, graph_of_atom)
+        s, v = self.encoder(batch.z, vectors, batch.edge_index, condition)
+
+        per_atom = self.readout.per_atom(s, batch.z)  # (N, n_heads)
+        totals = torch.zeros(n_graphs, per_atom.shape[1], dtype=per_atom.dtype, device=per_atom.device)
+        totals = totals.index_add(0, graph_of_atom, per_atom)
+        totals = torch.where(self.readout.is_mean, totals / batch.natoms[:, None].to(totals.dtype), totals)
+        own = totals.gather(1, batch.dataset[:, None]).squeeze(1)
+        out = {keys.ENERGY: own}
+        if energies:
+            out["energies"] = totals
+
+        if forces and self.direct is not None:
+            direct = run_direct(self.direct, v)  # (N, 3, n_heads)
+            out[keys.FORCES] = direct.gather(2, batch.dataset.index_select(0, graph_of_atom)[:, None, None].expand(-1, 3, 1)).squeeze(2)
+        wrt = ([leaf] if conservative else []) + ([strain] if strain is not None else [])
+        if wrt:
+            grads = torch.autograd.grad(own.sum(), wrt, create_graph=training, retain_graph=training)
+            if conservative:
+                out[keys.FORCES] = -grads[0]
+            if strain is not None:
+                volume = torch.abs(torch.linalg.det(batch.cell))
+                periodic = batch.pbc.all(dim=1)
+                safe = torch.where(periodic, volume, torch.ones_like(volume))
+                out[keys.STRESS] = torch.where(periodic[:, None, None], grads[-1] / safe[:, None, None], torch.zeros_like(grads[-1]))
+        return out if training else {k: t.detach() for k, t in out.items()}
+
+
+def run_direct(layer: nn.Linear, v: torch.Tensor) -> torch.Tensor:
+    weight = layer.weight
+    x = v if v.dtype == weight.dtype or torch.is_autocast_enabled() else v.to(weight.dtype)
+    return layer(x).to(v.dtype)
