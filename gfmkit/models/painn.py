@@ -38,8 +38,8 @@ class PaiNNEncoder(nn.Module):
         self.basis = SineBasis(n_rbf, cutoff)
         self.filters = nn.Linear(n_rbf, layers * 3 * hidden)
         self.message = nn.ModuleList(mlp(hidden, hidden, 3 * hidden) for _ in range(layers))
-        self.update_u = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(layers))
-        self.update_v = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(layers))
+        # U and V of the update block in one matmul: (F -> 2F), split afterwards
+        self.update_uv = nn.ModuleList(nn.Linear(hidden, 2 * hidden, bias=False) for _ in range(layers))
         self.update = nn.ModuleList(mlp(2 * hidden, hidden, 3 * hidden) for _ in range(layers))
         self.condition = mlp(2, hidden, hidden) if conditioning else None
 
@@ -73,12 +73,13 @@ class PaiNNEncoder(nn.Module):
             # message: continuous filters on neighbour scalars, vectors rotated along the edge
             x = run_linear(self.message[layer], s).index_select(0, j) * filters[:, layer * 3 * F : (layer + 1) * 3 * F]
             ds, dvv, dvs = torch.split(x, F, dim=1)
-            dv = v.index_select(0, j) * dvv[:, None, :] + dvs[:, None, :] * unit[:, :, None]
+            dv = dvs[:, None, :] * unit[:, :, None]
+            if layer > 0:  # vector features start at zero: the first layer has no v_j term
+                dv = torch.addcmul(dv, v.index_select(0, j), dvv[:, None, :])
             s = s.index_add(0, i, ds)
             v = v.index_add(0, i, dv)
             # update: mix scalar and vector channels within each atom
-            uv = run_linear(self.update_u[layer], v)
-            vv = run_linear(self.update_v[layer], v)
+            uv, vv = torch.split(run_linear(self.update_uv[layer], v), F, dim=2)
             norm = torch.sqrt(torch.sum(vv * vv, dim=1) + 1e-8)
             a = run_linear(self.update[layer], torch.cat([s, norm], dim=1))
             avv, asv, ass = torch.split(a, F, dim=1)
