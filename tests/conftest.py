@@ -11,6 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+
+# Test models are tiny: one thread per process avoids oversubscription when other work shares the cores
+# (the MPI tests likewise run one thread per rank).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The demo scale the test session builds: small enough for CI, large enough for every dataset.
@@ -101,8 +106,6 @@ def demo_stores(demo_dir):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(demo_stores, tmp_path_factory) -> Path:
     """A small multi-head model trained briefly on the demo data (all heads), saved once per session."""
-    import torch
-
     from gfmkit.data.graphs import GraphDataset
     from gfmkit.models import ModelConfig, build_model, save_checkpoint
     from training import fit_multi

@@ -9,12 +9,11 @@ from collections.abc import Sequence
 from gfmkit._version import __version__
 from gfmkit.cli import data as data_cli
 from gfmkit.cli import demo as demo_cli
+from gfmkit.cli import train as train_cli
 from gfmkit.cli.common import CLIError, fail
 
 # Capabilities whose implementation has not landed yet: (help, issue that builds it).
 NOT_BUILT = {
-    "train": ("train a multi-head model on stores (multi-task, DDP over MPI, checkpoints)", 6),
-    "evaluate": ("head x dataset error matrix, parity plots, per-element errors", 6),
     "hpo": ("DeepHyper hyperparameter search", None),
     "precision": ("BF16/FP32/FP64 precision study", None),
     "finetune": ("transfer to downstream tasks by fine-tuning", None),
@@ -33,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gfmkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_cli.add_parser(sub)
+    train_cli.add_parser(sub)
     for name, (help_text, issue) in NOT_BUILT.items():
         where = f" (lands with issue #{issue})" if issue else ""
         p = sub.add_parser(name, help=f"{help_text} [not built yet]", description=f"{help_text}. Not built yet{where}.")

@@ -1,0 +1,122 @@
+"""``gfmkit train`` and ``gfmkit evaluate``: thin layers over :func:`gfmkit.train.train` and
+:func:`gfmkit.train.evaluate`.
+
+    gfmkit train CONFIG.yaml [--resume auto|PATH] [--out RUN]
+    mpiexec -n 8 gfmkit train CONFIG.yaml --out runs/big --resume auto     # same command on 8 ranks
+    gfmkit evaluate CHECKPOINT --data STORE... [--split test] [--out DIR]
+
+Also runnable as ``python -m gfmkit.cli.train train ...`` (the same subcommands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gfmkit.cli.common import CLIError, fail, print_table, rank, setup_logging
+from gfmkit.config import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train a multi-head model on stores (multi-task, DDP over MPI, checkpoints)",
+        description="Train from a YAML TrainConfig (unknown keys are errors). Under mpiexec/srun/torchrun every "
+        "rank runs this same command. SIGTERM/SIGUSR1 make a checkpoint and a clean exit; --resume auto "
+        "continues from the run directory's last checkpoint.",
+    )
+    train.add_argument("config", type=Path, metavar="CONFIG.yaml")
+    train.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
+    train.add_argument("--resume", help="'auto' (the run directory's last checkpoint, if any) or a checkpoint path")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("-v", "--verbose", action="store_true")
+    train.set_defaults(func=run_train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="head x dataset error matrix, parity plots, per-element errors",
+        description="Every head of CHECKPOINT on every dataset of the stores: error matrix (energy/atom, forces, "
+        "stress, property MAE), parity plots and per-element force errors, as CSV tables and PNG figures.",
+    )
+    evaluate.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    evaluate.add_argument("--data", nargs="+", required=True, type=Path, metavar="STORE", help="stores or directories of stores")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    evaluate.add_argument("--out", type=Path, help="directory for tables and figures (default: next to the checkpoint)")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--precision", default="fp64", choices=["fp64", "fp32", "bf16-autocast", "bf16-pure"])
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--max-structures", type=int, help="at most this many structures per dataset")
+    evaluate.add_argument("-v", "--verbose", action="store_true")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from gfmkit.data.store_read import StoreError
+    from gfmkit.models import CheckpointError
+    from gfmkit.train import TrainingError, load_train_config, train
+
+    setup_logging(args.verbose)
+    try:
+        config = load_train_config(args.config)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    if args.no_progress:
+        config.progress = False
+    out = args.out or Path("runs") / args.config.stem
+    try:
+        run, metrics = train(config, out, resume=args.resume)
+    except (TrainingError, StoreError, CheckpointError, ConfigError) as exc:
+        raise CLIError(str(exc)) from None
+    if rank() == 0:
+        stops = metrics[metrics["event"] == "stop"] if "event" in metrics else metrics.iloc[0:0]
+        reason = stops["reason"].iloc[-1] if len(stops) else "finished"
+        step = int(stops["step"].iloc[-1]) if len(stops) else -1
+        val = metrics[metrics["phase"] == "val"] if "phase" in metrics else metrics.iloc[0:0]
+        print(f"run {run.path}: stopped at step {step} ({reason})")
+        if len(val):
+            columns = [c for c in ("step", "loss", "energy_mae", "forces_mae", "stress_mae", "property_mae") if c in val]
+            print_table(val[columns].tail(1))
+        if reason not in ("finished", "early_stopping"):
+            print(f"continue with: gfmkit train {args.config} --out {run.path} --resume auto")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from gfmkit.data.store_read import StoreError
+    from gfmkit.models import CheckpointError
+    from gfmkit.train.evaluate import evaluate
+
+    setup_logging(args.verbose)
+    if rank() != 0:
+        return 0
+    out = args.out or args.checkpoint.parent.parent / f"evaluate-{args.checkpoint.stem}-{args.split}"
+    try:
+        result = evaluate(args.checkpoint, args.data, split=None if args.split == "all" else args.split, out=out,
+                          batch_size=args.batch_size, precision=args.precision, device=args.device,
+                          max_structures=args.max_structures)
+    except (CheckpointError, StoreError) as exc:
+        raise CLIError(str(exc)) from None
+    import matplotlib.pyplot as plt
+
+    for fig in result.figures.values():
+        plt.close(fig)
+    print_table(result.summary.round(5))
+    print(f"error matrix, per-element errors and figures in {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gfmkit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        return fail(args.command, str(exc))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

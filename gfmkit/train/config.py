@@ -1,0 +1,201 @@
+"""Training configuration: strict dataclasses, loaded from YAML with :func:`gfmkit.config.load_config`.
+
+Unknown keys and wrong types are errors naming the key and the file. A minimal config::
+
+    data: {stores: [runs/demo/data]}
+    model: {hidden: 64, layers: 2, cutoff: 5.0}
+    max_steps: 2000
+
+Every section and its defaults::
+
+    data:      stores, train_split (train), val_split (val), preload, num_workers, cache_graphs, val_batch_size
+    model:     gfmkit.models.ModelConfig (hidden, layers, n_rbf, cutoff = the graph cutoff, ...)
+    sampler:   strategy (temperature), temperature (2), weights {dataset: w}, batch_size, max_atoms,
+               max_edges, samples_per_epoch
+    optimizer: lr, weight_decay, betas, eps, grad_clip, ema_decay            (AdamW)
+    schedule:  kind cosine|plateau|constant, warmup_steps, min_lr_ratio, factor, patience, threshold
+    loss:      kind mse|mae|huber, huber_delta, energy, forces, stress, property (term weights),
+               datasets {dataset: weight}, normalise
+    top level: max_steps, max_epochs, early_stopping_patience, precision, device, seed, validate_every,
+               checkpoint_every, log_every, wall_time, stop_margin, progress
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gfmkit.config import ConfigError, load_config
+from gfmkit.models.config import ModelConfig
+
+Precision = Literal["fp64", "fp32", "bf16-autocast", "bf16-pure"]
+
+
+@dataclass
+class DataConfig:
+    """Which stores to train on and how graphs are made (the cutoff is ``model.cutoff``)."""
+
+    stores: list[str] = field(default_factory=list)  # store paths, or directories holding *.bp stores
+    train_split: str = "train"
+    val_split: str | None = "val"  # None: no validation (no best checkpoint, no early stopping)
+    preload: bool = True  # read each store's per-atom arrays once (fast random access)
+    num_workers: int = 0  # DataLoader workers building neighbour lists (0: in the training process)
+    cache_graphs: bool = False  # keep every built training graph in memory (num_workers=0 only)
+    val_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.stores:
+            raise ValueError("data.stores must list at least one store or directory of stores")
+        if self.num_workers < 0 or self.val_batch_size < 1:
+            raise ValueError("data.num_workers must be >= 0 and data.val_batch_size >= 1")
+        if self.cache_graphs and self.num_workers:
+            raise ValueError("data.cache_graphs needs data.num_workers: 0 (each worker would hold its own cache)")
+
+
+@dataclass
+class SamplerConfig:
+    """How datasets are mixed (see gfmkit.data.sampling) and how large a global batch is."""
+
+    strategy: Literal["proportional", "uniform", "temperature", "weights"] = "temperature"
+    temperature: float = 2.0
+    weights: dict[str, float] = field(default_factory=dict)  # strategy 'weights': dataset name -> weight
+    batch_size: int | None = 16  # structures per global batch (all ranks together)
+    max_atoms: int | None = None  # and/or an atom budget per global batch
+    max_edges: int | None = None  # and/or an edge budget per global batch
+    samples_per_epoch: int | None = None  # draws per epoch (default: size of the training split)
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None and self.max_atoms is None and self.max_edges is None:
+            raise ValueError("sampler needs batch_size, max_atoms or max_edges")
+        for name in ("batch_size", "max_atoms", "max_edges", "samples_per_epoch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"sampler.{name} must be positive, got {value}")
+        if self.strategy == "weights" and not self.weights:
+            raise ValueError("sampler strategy 'weights' needs sampler.weights {dataset: weight}")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW, gradient clipping and an exponential moving average of the weights."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float | None = 10.0  # max global gradient norm; None: no clipping
+    ema_decay: float | None = 0.99  # None: no EMA (validation and checkpoints use the raw weights)
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optimizer.lr must be positive, got {self.lr}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"optimizer.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"optimizer.grad_clip must be positive, got {self.grad_clip}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule after a linear warm-up: cosine to ``min_lr_ratio * lr`` over the run,
+    plateau (multiply by ``factor`` after ``patience`` validations without improvement), or constant."""
+
+    kind: Literal["cosine", "plateau", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.01
+    factor: float = 0.5
+    patience: int = 3
+    threshold: float = 1e-3  # relative improvement that counts (plateau and early stopping)
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.patience < 1:
+            raise ValueError("schedule.warmup_steps must be >= 0 and schedule.patience >= 1")
+        if not 0 < self.factor < 1:
+            raise ValueError(f"schedule.factor must be in (0, 1), got {self.factor}")
+
+
+@dataclass
+class LossConfig:
+    """Per-structure loss routed to the structure's own head.
+
+    Terms: ``energy`` (per-atom energy error), ``forces`` (per component), ``stress`` (per component,
+    times volume per atom, so in the energy term's units), ``property`` (property heads). Each term is
+    masked where a dataset lacks the label and averaged over its global count (all ranks). With
+    ``normalise`` the errors are divided by the head's fitted scale, so datasets of different energy
+    scales contribute alike. ``datasets`` multiplies a dataset's contributions (on top of the sampler).
+    """
+
+    kind: Literal["mse", "mae", "huber"] = "mse"
+    huber_delta: float = 0.01
+    energy: float = 1.0
+    forces: float = 10.0
+    stress: float = 1.0
+    property: float = 1.0
+    datasets: dict[str, float] = field(default_factory=dict)
+    normalise: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("energy", "forces", "stress", "property", "huber_delta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        bad = {k: v for k, v in self.datasets.items() if v < 0}
+        if bad:
+            raise ValueError(f"loss.datasets weights must be >= 0, got {bad}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved as ``config.yaml`` in the run directory."""
+
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    max_steps: int | None = 1000  # optimiser steps; the run stops at whichever of max_steps/max_epochs comes first
+    max_epochs: int | None = None
+    early_stopping_patience: int | None = None  # validations without improvement before stopping
+    precision: Precision = "fp32"
+    device: str = "auto"  # auto (GPU of this rank's local rank if any, else CPU), cpu, cuda, xpu
+    seed: int = 0
+    validate_every: int = 100  # steps (and always at the end)
+    checkpoint_every: int = 100  # steps (and always at the end, and on SIGTERM/SIGUSR1)
+    log_every: int = 10  # steps between training-metrics records
+    wall_time: float | None = None  # seconds this job may run; stop and checkpoint `stop_margin` before it
+    stop_margin: float = 120.0
+    progress: bool = True  # tqdm bars (rank 0 only)
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.max_epochs is None:
+            raise ValueError("give max_steps or max_epochs")
+        for name in ("max_steps", "max_epochs", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for name in ("validate_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.device.split(":")[0] not in ("auto", "cpu", "cuda", "xpu", "mps"):
+            raise ValueError(f"device must be auto, cpu, cuda, xpu or mps, got {self.device!r}")
+
+
+def load_train_config(source: str | os.PathLike | Mapping[str, Any] | TrainConfig) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML path, a mapping, or itself (unknown keys are errors)."""
+    if isinstance(source, TrainConfig):
+        return source
+    return load_config(TrainConfig, source)
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "OptimizerConfig",
+    "SamplerConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "load_train_config",
+]

@@ -1,0 +1,679 @@
+"""The trainer: one call from a notebook, one command in a batch job, 1 or N ranks without a change.
+
+``train(config, run_dir)`` opens the stores, fits each head's statistics, builds the model, and runs
+AdamW on the multi-head loss (gfmkit.train.loss) with the imbalance-aware sampler
+(gfmkit.data.sampling). Every rank gets a contiguous slice of each global batch; the per-term element
+counts are summed over ranks before the backward pass and the gradients after it, so N ranks take
+exactly the step one rank would take with the whole batch. Validation, best/last checkpoints and the
+saved weights use the exponential moving average (EMA) of the weights.
+
+A run directory holds (see gfmkit.rundir)::
+
+    config.yaml, run.json (precision policy, launch, devices, registry), registry.json,
+    metrics.jsonl (phase train / val / event records), checkpoints/last.pt, checkpoints/best.pt
+
+``last.pt`` carries the full training state as plain data and tensors (raw weights, optimiser,
+schedule, EMA, sampler position, every rank's RNG states, step, best loss), so ``resume="auto"``
+continues bit for bit where it stopped (tested in float64 on CPU against an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gfmkit._version import __version__
+from gfmkit.config import config_to_dict, load_config
+from gfmkit.data.graphs import GraphDataset, collate, make_loader
+from gfmkit.data.multi import DatasetRegistry, open_stores
+from gfmkit.data.sampling import DatasetMixer, GlobalBatchSampler
+from gfmkit.files import atomic_path, atomic_write_text
+from gfmkit.log import get_logger
+from gfmkit.models import build_model, read_checkpoint, save_checkpoint
+from gfmkit.models.config import HeadConfig, ModelConfig
+from gfmkit.models.multihead import MultiHeadPaiNN
+from gfmkit.precision import check_supported, get_policy, precision_scope
+from gfmkit.rundir import RunDir
+from gfmkit.train.config import ScheduleConfig, TrainConfig, load_train_config
+from gfmkit.train.distributed import Distributed, init_distributed
+from gfmkit.train.loss import (
+    TERMS,
+    HeadTable,
+    absolute_errors,
+    combine,
+    loss_parts,
+    term_weights,
+    wants_stress,
+)
+from gfmkit.train.signals import StopRequest
+
+log = get_logger(__name__)
+
+LAST, BEST = "last.pt", "best.pt"
+#: Per-head validation error columns, in the order of gfmkit.train.loss.TERMS.
+ERROR_NAMES = ("energy_mae", "forces_mae", "stress_mae", "property_mae")
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or resume (occupied run directory, checkpoint without training state, ...)."""
+
+
+# -- small state holders (plain-data state dicts) ----------------------------------------------------
+
+
+class EMA:
+    """Exponential moving average of the parameters, with the usual warm-up of the decay
+    (``min(decay, (1 + n) / (10 + n))`` after n updates), so early averages are not stuck at the init."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = float(decay), 0
+        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, p in model.named_parameters():
+            self.shadow[name].lerp_(p.detach(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[None]:
+        """Run the block with the averaged weights in ``model``; the raw weights come back after."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            backup = {name: p.detach().clone() for name, p in params.items()}
+            for name, p in params.items():
+                p.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(backup[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        for name, value in state["shadow"].items():
+            self.shadow[name].copy_(value)
+
+
+class Schedule:
+    """Learning rate per step: linear warm-up, then cosine to ``min_lr_ratio`` over ``total_steps``, a
+    plateau factor applied after ``patience`` validations without improvement, or constant."""
+
+    def __init__(self, config: ScheduleConfig, base_lr: float, total_steps: int):
+        self.config, self.base_lr, self.total_steps = config, base_lr, max(1, total_steps)
+        self.plateau_scale, self.best, self.bad = 1.0, math.inf, 0
+
+    def lr(self, step: int) -> float:
+        """Learning rate of the step with 0-based index ``step``."""
+        c = self.config
+        if c.warmup_steps and step < c.warmup_steps:
+            factor = (step + 1) / c.warmup_steps
+        elif c.kind == "cosine":
+            progress = min(1.0, max(0.0, (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)))
+            factor = c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        else:
+            factor = 1.0
+        return self.base_lr * factor * self.plateau_scale
+
+    def on_validation(self, loss: float) -> bool:
+        """Record a validation loss; True when the plateau schedule just lowered the rate."""
+        if self.config.kind != "plateau" or not math.isfinite(loss):
+            return False
+        if loss < self.best * (1 - self.config.threshold):
+            self.best, self.bad = loss, 0
+            return False
+        self.bad += 1
+        if self.bad >= self.config.patience:
+            self.plateau_scale *= self.config.factor
+            self.bad = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.plateau_scale, self.best, self.bad = float(state["plateau_scale"]), float(state["best"]), int(state["bad"])
+
+
+class CachedGraphs(torch.utils.data.Dataset):
+    """A GraphDataset whose graphs are built once and kept (the cutoff is fixed during a run)."""
+
+    def __init__(self, dataset: GraphDataset):
+        self.dataset, self.cache = dataset, {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, k: int):
+        graph = self.cache.get(k)
+        if graph is None:
+            graph = self.cache[k] = self.dataset[k]
+        return graph
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch, numpy and Python RNG states as plain data and tensors."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- the trainer --------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One training run. ``Trainer(config, run_dir, resume=...).fit()`` returns the metrics table;
+    :func:`train` is the one-line form. ``callback(record)`` sees every metrics record on rank 0 (the
+    notebook's live loss plot uses it)."""
+
+    def __init__(
+        self,
+        config: TrainConfig | str | os.PathLike | Mapping[str, Any],
+        run_dir: str | os.PathLike | RunDir,
+        *,
+        resume: str | os.PathLike | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        dist: Distributed | None = None,
+    ):
+        self.config = config = load_train_config(config)
+        self.callback = callback
+        self.dist = dist or init_distributed(config.device)
+        self._owns_dist = dist is None
+        self.device = self.dist.device
+        self.policy = get_policy(config.precision)
+        check_supported(self.policy, self.device)
+        if self.policy.autocast and self.device.type == "cpu" and not _cpu_autocast_bf16():
+            raise RuntimeError("precision bf16-autocast needs CPU autocast to bfloat16, which this torch lacks")
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.is_main = self.dist.is_main
+        checkpoint = self._resume_path(resume)
+        state = read_checkpoint(checkpoint, map_location=self.device) if checkpoint else None
+        if state is not None and "training" not in state:
+            raise TrainingError(f"{checkpoint}: holds weights only (no training state); resume from {LAST}")
+
+        # data: stores, registry (the checkpoint's when resuming), graphs in the policy's sensitive dtype
+        registry = DatasetRegistry(state["registry"]) if state is not None and "registry" in state else None
+        self.stores = open_stores(config.data.stores, registry=registry, preload=config.data.preload)
+        dtype = self.policy.sensitive_dtype
+        self.train_set = GraphDataset(self.stores, config.model.cutoff, split=config.data.train_split, dtype=dtype)
+        if len(self.train_set) == 0:
+            raise TrainingError(f"no structures in split {config.data.train_split!r} of {config.data.stores}")
+        self.val_set = None
+        if config.data.val_split:
+            val = GraphDataset(self.stores, config.model.cutoff, split=config.data.val_split, dtype=dtype,
+                               property_names=self.train_set.property_names)
+            self.val_set = val if len(val) else None
+
+        # model: fitted head statistics on a fresh run, the checkpoint's heads on resume
+        if state is None:
+            torch.manual_seed(config.seed)
+            model = build_model(config.model, self.stores, split=config.data.train_split)
+        else:
+            saved = load_config(ModelConfig, state["config"], where=f"{checkpoint} (config)")
+            if saved != config.model:
+                log.warning("resuming with the checkpoint's model config %s (the config file says %s)", saved, config.model)
+            model = MultiHeadPaiNN(saved, [load_config(HeadConfig, h, where=str(checkpoint)) for h in state["heads"]])
+        missing = [name for name in self.stores.registry.names if name not in model.head_names]
+        if missing:
+            raise TrainingError(f"dataset(s) {missing} have no head in the model (heads: {model.head_names})")
+        self.model = model.to(self.device).to(self.policy.param_dtype)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._broadcast_parameters()
+        self.heads = HeadTable.from_model(self.model, self.train_set.property_names, config.loss.datasets)
+        self.any_forces = bool(self.heads.is_energy.any())
+
+        # sampler, loader, optimiser, schedule, EMA
+        names = self.model.head_names
+        weights = {names.index(k): v for k, v in config.sampler.weights.items() if k in names}
+        unknown = sorted(set(config.sampler.weights) - set(names))
+        if unknown:
+            raise TrainingError(f"sampler.weights names unknown dataset(s) {unknown}; datasets: {names}")
+        mixer = DatasetMixer(self.train_set.head, strategy=config.sampler.strategy, temperature=config.sampler.temperature,
+                             weights=weights or None, num_samples=config.sampler.samples_per_epoch, seed=config.seed)
+        edges = self.train_set.edge_counts() if config.sampler.max_edges is not None else None
+        self.sampler = GlobalBatchSampler(mixer, self.train_set.natoms, batch_size=config.sampler.batch_size,
+                                          max_atoms=config.sampler.max_atoms, max_edges=config.sampler.max_edges,
+                                          edges=edges, rank=self.dist.rank, world_size=self.dist.world_size)
+        source = CachedGraphs(self.train_set) if config.data.cache_graphs else self.train_set
+        self.loader = make_loader(source, self.sampler, num_workers=config.data.num_workers)
+        opt = config.optimizer
+        self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        self.batches_per_epoch = len(self.sampler)
+        totals = [t for t in (config.max_steps, None if config.max_epochs is None else config.max_epochs * self.batches_per_epoch) if t]
+        self.total_steps = min(totals)
+        self.schedule = Schedule(config.schedule, opt.lr, self.total_steps)
+        self.ema = EMA(self.model, opt.ema_decay) if opt.ema_decay is not None else None
+
+        # counters and bookkeeping
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_loss, self.bad_validations = math.inf, 0
+        self.last_validation: dict[str, float] = {}
+        self.last_validated_step = -1
+        self.stop_reason: str | None = None
+        self._step_seconds = 0.0
+        self._saved_step = -1
+        self._val_batches: list | None = None
+        self._reset_interval()
+        if state is not None:
+            self._load_training_state(state, checkpoint)
+        elif (self.run.checkpoints / LAST).exists():
+            raise TrainingError(f"{self.run.path} already holds a run ({LAST}); pass resume='auto' or use a new directory")
+        if self.is_main:
+            self._write_run_files(resumed_from=checkpoint)
+
+    # -- public -------------------------------------------------------------------------------------
+    def fit(self) -> pd.DataFrame:
+        """Train until max_steps/max_epochs, early stopping, a signal or the wall time; the metrics table."""
+        config = self.config
+        try:
+            with StopRequest(wall_time=config.wall_time, margin=config.stop_margin) as stop:
+                self._emit({"phase": "event", "event": "resume" if self.step else "start", "step": self.step,
+                            "epoch": self.epoch, **self._describe()})
+                self._loop(stop)
+                self._log_interval()
+                if self.val_set is not None and self.last_validated_step != self.step and self.stop_reason is None:
+                    self._validate()
+                if self._saved_step != self.step:
+                    self._save(self.run.checkpoints / LAST, training_state=True)
+                self._emit({"phase": "event", "event": "stop", "step": self.step, "epoch": self.epoch,
+                            "reason": self.stop_reason or "finished", "best_val_loss": self.best_loss})
+        finally:
+            if self._owns_dist:
+                self.dist.close()
+        return self.run.metrics()
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _done(self) -> bool:
+        c = self.config
+        return (c.max_steps is not None and self.step >= c.max_steps) or (c.max_epochs is not None and self.epoch >= c.max_epochs)
+
+    def _loop(self, stop: StopRequest) -> None:
+        from tqdm.auto import tqdm
+
+        config = self.config
+        show = config.progress and self.is_main
+        n_epochs = math.ceil(self.total_steps / max(1, self.batches_per_epoch))
+        epochs = tqdm(total=n_epochs, initial=min(self.epoch, n_epochs), desc="epochs", disable=not show, position=0)
+        try:
+            while not self._done() and self.stop_reason is None:
+                self.sampler.load_state_dict({"epoch": self.epoch, "start_batch": self.batch_in_epoch})
+                bar = tqdm(total=self.batches_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}",
+                           disable=not show, leave=False, position=1)
+                waited = time.perf_counter()
+                for batch in self.loader:
+                    data_seconds = time.perf_counter() - waited
+                    stats = self._train_step(batch, stop)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self._after_step(stats, data_seconds, stop)
+                    bar.update(1)
+                    if show:
+                        bar.set_postfix(loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.2e}")
+                    if self._done() or self.stop_reason is not None:
+                        break
+                    waited = time.perf_counter()
+                bar.close()
+                if self.batch_in_epoch >= self.batches_per_epoch or self.sampler.state_dict()["epoch"] > self.epoch:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    self.batches_per_epoch = len(self.sampler.global_batches(self.epoch))
+                    epochs.update(1)
+        finally:
+            epochs.close()
+
+    def _train_step(self, batch, stop: StopRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.model.train()
+        n_heads = self.heads.n
+        if batch is not None:
+            batch = batch.to(self.device)
+            with precision_scope(self.policy, self.device):
+                out = self.model(batch, forces=self.any_forces, stress=wants_stress(batch, self.config.loss), training=True)
+                sums, counts = loss_parts(out, batch, self.heads, self.config.loss)
+            structures, atoms = float(batch.natoms.numel()), float(batch.natoms.sum())
+        else:
+            sums = torch.zeros(n_heads, len(TERMS), dtype=torch.float64, device=self.device)
+            counts = torch.zeros_like(sums)
+            structures = atoms = 0.0
+        # one collective for the global counts, the stop flag (a step boundary all ranks reach) and sizes
+        flag = float(stop.check(self._step_seconds))
+        shared = torch.cat([counts.flatten(), torch.tensor([flag, structures, atoms], dtype=torch.float64, device=self.device)])
+        waited = time.perf_counter()
+        self.dist.allreduce_(shared)
+        comm = time.perf_counter() - waited
+        global_counts = shared[: counts.numel()].view_as(counts)
+        if shared[-3] > 0 and self.stop_reason is None:
+            self.stop_reason = stop.reason or "signal on another rank"
+        lr = self.schedule.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        if batch is not None and sums.requires_grad:
+            combine(sums, global_counts, self.heads, self.config.loss).backward()
+        waited = time.perf_counter()
+        self._allreduce_gradients()
+        comm += time.perf_counter() - waited
+        clip = self.config.optimizer.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else math.inf)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        waited = time.perf_counter()
+        global_sums = self.dist.allreduce_(sums.detach().clone())
+        comm += time.perf_counter() - waited
+        loss = float(combine(global_sums, global_counts, self.heads, self.config.loss))
+        seconds = time.perf_counter() - started
+        self._step_seconds = max(0.9 * self._step_seconds, seconds)
+        return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "sums": global_sums, "counts": global_counts,
+                "structures": float(shared[-2]), "atoms": float(shared[-1]), "compute_s": seconds, "comm_s": comm}
+
+    def _allreduce_gradients(self) -> None:
+        """Sum gradients over ranks (each rank's loss is already divided by the global counts)."""
+        if self.dist.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.allreduce_(flat)
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def _after_step(self, stats: dict[str, Any], data_seconds: float, stop: StopRequest) -> None:
+        c = self.config
+        acc = self._interval
+        acc["sums"] += stats["sums"]
+        acc["counts"] += stats["counts"]
+        for key in ("structures", "atoms", "compute_s", "comm_s"):
+            acc[key] += stats[key]
+        acc["data_s"] += data_seconds
+        acc["steps"] += 1
+        acc["last"] = stats
+        last_step = self._done()
+        if self.step % c.log_every == 0 or last_step or self.stop_reason is not None:
+            self._log_interval()
+        if self.val_set is not None and (self.step % c.validate_every == 0 or last_step):
+            self._validate()
+        if self.step % c.checkpoint_every == 0 or self.stop_reason is not None:
+            self._save(self.run.checkpoints / LAST, training_state=True)
+
+    def _reset_interval(self) -> None:
+        zeros = torch.zeros(self.heads.n, len(TERMS), dtype=torch.float64, device=self.device)
+        self._interval = {"sums": zeros.clone(), "counts": zeros.clone(), "structures": 0.0, "atoms": 0.0,
+                          "compute_s": 0.0, "comm_s": 0.0, "data_s": 0.0, "steps": 0, "last": None}
+
+    def _log_interval(self) -> None:
+        acc = self._interval
+        if acc["steps"] == 0:
+            return
+        last = acc["last"]
+        record = {"phase": "train", "step": self.step, "epoch": self.epoch, "lr": last["lr"], "loss": last["loss"],
+                  "grad_norm": last["grad_norm"],
+                  "loss_interval": float(combine(acc["sums"], acc["counts"], self.heads, self.config.loss)),
+                  "structures": acc["structures"], "atoms": acc["atoms"], "steps": acc["steps"],
+                  "data_s": acc["data_s"], "compute_s": acc["compute_s"], "comm_s": acc["comm_s"]}
+        record.update(_term_table(acc["sums"], acc["counts"], "train/", self.config.loss, self.model.head_names))
+        self._emit(record)
+        self._reset_interval()
+
+    # -- validation ---------------------------------------------------------------------------------
+    def _validation_batches(self) -> list:
+        if self._val_batches is None:
+            assert self.val_set is not None
+            mine = list(range(self.dist.rank, len(self.val_set), self.dist.world_size))
+            size = self.config.data.val_batch_size
+            self._val_batches = [collate([self.val_set[k] for k in mine[i : i + size]]).to(self.device)
+                                 for i in range(0, len(mine), size)]
+        return self._val_batches
+
+    def evaluate_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Global (loss sums, loss counts, absolute-error sums, error counts) of the validation split,
+        with the EMA weights."""
+        n = self.heads.n
+        zeros = torch.zeros(n, len(TERMS), dtype=torch.float64, device=self.device)
+        parts = [zeros.clone() for _ in range(4)]
+        self.model.eval()
+        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+            for batch in self._validation_batches():
+                with precision_scope(self.policy, self.device):
+                    out = self.model(batch, forces=self.any_forces, stress=bool(batch.stress_mask.any()))
+                sums, counts = loss_parts(out, batch, self.heads, self.config.loss)
+                errors, error_counts = absolute_errors(out, batch, self.heads)
+                for k, value in enumerate((sums, counts, errors, error_counts)):
+                    parts[k] += value.detach()
+        flat = self.dist.allreduce_(torch.cat([p.flatten() for p in parts]))
+        return tuple(flat.view(4, n, len(TERMS)))  # type: ignore[return-value]
+
+    def _validate(self) -> None:
+        sums, counts, errors, error_counts = self.evaluate_split()
+        loss = float(combine(sums, counts, self.heads, self.config.loss))
+        record: dict[str, Any] = {"phase": "val", "step": self.step, "epoch": self.epoch, "loss": loss}
+        total_errors, total_counts = errors.sum(dim=0), error_counts.sum(dim=0)
+        for t, name in enumerate(ERROR_NAMES):
+            if total_counts[t] > 0:
+                record[name] = float(total_errors[t] / total_counts[t])
+        for h, head in enumerate(self.model.head_names):
+            for t, name in enumerate(ERROR_NAMES):
+                if error_counts[h, t] > 0:
+                    record[f"val/{head}/{name}"] = float(errors[h, t] / error_counts[h, t])
+        record.update(_term_table(sums, counts, "val/", self.config.loss, self.model.head_names))
+        self.last_validated_step = self.step
+        improved = loss < self.best_loss * (1 - self.config.schedule.threshold) if math.isfinite(self.best_loss) else math.isfinite(loss)
+        if improved:
+            self.best_loss, self.bad_validations = loss, 0
+        else:
+            self.bad_validations += 1
+        record["best"] = bool(improved)
+        if self.schedule.on_validation(loss):
+            record["lr_reduced_to"] = self.schedule.lr(self.step)
+        self.last_validation = {k: v for k, v in record.items() if isinstance(v, float)}
+        self._emit(record)
+        if improved:
+            self._save(self.run.checkpoints / BEST, training_state=False)
+        patience = self.config.early_stopping_patience
+        if patience is not None and self.bad_validations >= patience and self.stop_reason is None:
+            self.stop_reason = "early_stopping"
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _training_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "sampler": {"epoch": self.epoch, "start_batch": self.batch_in_epoch},
+            "best_loss": self.best_loss,
+            "bad_validations": self.bad_validations,
+            "last_validated_step": self.last_validated_step,
+            "world_size": self.dist.world_size,
+            "precision": self.policy.name,
+            "config": config_to_dict(self.config),
+        }
+
+    def _save(self, path: Path, *, training_state: bool) -> None:
+        """Write a checkpoint atomically (rank 0) with the EMA weights as the model's weights; every
+        rank takes part (RNG states are gathered) and waits until the file is in place."""
+        rngs = self.dist.all_gather_object(rng_state()) if training_state else None
+        if training_state:
+            self._saved_step = self.step
+        if self.is_main:
+            extra: dict[str, Any] = {"registry": list(self.stores.registry.names), "precision": self.policy.name,
+                                     "step": self.step, "metrics": dict(self.last_validation)}
+            if training_state:
+                extra["training"] = {**self._training_state(), "rng": rngs}
+            with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+                save_checkpoint(self.model, path, **extra)
+        self.dist.barrier()
+
+    def _resume_path(self, resume: str | os.PathLike | None) -> Path | None:
+        if resume is None:
+            return None
+        if str(resume) == "auto":
+            path = self.run.checkpoints / LAST
+            return path if path.exists() else None
+        path = Path(resume)
+        if not path.exists():
+            raise TrainingError(f"{path}: no such checkpoint to resume from")
+        return path
+
+    def _load_training_state(self, state: dict[str, Any], path: Path | None) -> None:
+        tr = state["training"]
+        self.model.load_state_dict(tr["model"])
+        self.optimizer.load_state_dict(tr["optimizer"])
+        self.schedule.load_state_dict(tr["schedule"])
+        if self.ema is not None and tr.get("ema") is not None:
+            self.ema.load_state_dict(tr["ema"])
+        self.step, self.epoch, self.batch_in_epoch = int(tr["step"]), int(tr["epoch"]), int(tr["batch_in_epoch"])
+        self.best_loss, self.bad_validations = float(tr["best_loss"]), int(tr["bad_validations"])
+        self.last_validated_step = int(tr.get("last_validated_step", -1))
+        self.last_validation = dict(state.get("metrics") or {})
+        self.batches_per_epoch = len(self.sampler.global_batches(self.epoch))
+        rngs = tr.get("rng") or []
+        if rngs:
+            set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
+        if tr.get("world_size") != self.dist.world_size:
+            log.warning("resuming a %s-rank run on %d ranks: same global batches, RNG states of rank 0",
+                        tr.get("world_size"), self.dist.world_size)
+        if self.is_main:
+            _truncate_metrics(self.run, self.step)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def _broadcast_parameters(self) -> None:
+        if self.dist.world_size > 1:
+            with torch.no_grad():
+                for tensor in list(self.model.parameters()) + list(self.model.buffers()):
+                    if tensor.is_floating_point():
+                        self.dist.broadcast_(tensor.data)
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "precision": self.policy.name,
+            "param_dtype": str(self.policy.param_dtype).removeprefix("torch."),
+            "compute_dtype": str(self.policy.compute_dtype).removeprefix("torch."),
+            "sensitive_dtype": str(self.policy.sensitive_dtype).removeprefix("torch."),
+            **self.dist.describe(),
+        }
+
+    def _write_run_files(self, resumed_from: Path | None) -> None:
+        self.run.save_config(self.config)
+        self.stores.registry.save(self.run.path / "registry.json")
+        info = {
+            "gfmkit_version": __version__,
+            "torch_version": torch.__version__,
+            **self._describe(),
+            "torch_threads": torch.get_num_threads(),
+            "registry": list(self.stores.registry.names),
+            "train_structures": len(self.train_set),
+            "val_structures": 0 if self.val_set is None else len(self.val_set),
+            "parameters": sum(p.numel() for p in self.params),
+            "total_steps": self.total_steps,
+            "resumed_from": None if resumed_from is None else str(resumed_from),
+        }
+        atomic_write_text(self.run.path / "run.json", json.dumps(info, indent=2))
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        self.run.log_metrics(record)
+        if record.get("phase") != "event":
+            log.info("%s step %d: loss %.5g", record["phase"], record["step"], record.get("loss", float("nan")))
+        if self.callback is not None:
+            self.callback(record)
+
+
+def _cpu_autocast_bf16() -> bool:
+    """Whether CPU autocast really runs matmuls in bfloat16 here (no silent float32 fallback)."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    except RuntimeError:
+        return False
+
+
+def _term_table(sums: torch.Tensor, counts: torch.Tensor, prefix: str, config, names: list[str]) -> dict[str, float]:
+    """Per-term losses over all heads and each dataset's own loss (its weighted terms over its counts)."""
+    out: dict[str, float] = {}
+    totals_s, totals_c = sums.sum(dim=0), counts.sum(dim=0)
+    for t, term in enumerate(TERMS):
+        if totals_c[t] > 0:
+            out[f"{prefix}{term}"] = float(totals_s[t] / totals_c[t])
+    weights = term_weights(config, sums.device)
+    for h, name in enumerate(names):
+        present = counts[h] > 0
+        if bool(present.any()):
+            out[f"{prefix}{name}/loss"] = float((weights * sums[h] / counts[h].clamp(min=1)).where(present, 0.0).sum())
+    return out
+
+
+def _truncate_metrics(run: RunDir, step: int) -> None:
+    """Drop metrics records after ``step`` (written by a run that died after its last checkpoint)."""
+    if not run.metrics_path.exists():
+        return
+    kept = []
+    for line in run.metrics_path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+        if record.get("step") is None or record["step"] <= step:
+            kept.append(line)
+    with atomic_path(run.metrics_path) as tmp:
+        tmp.write_text("".join(k + "\n" for k in kept))
+
+
+def train(
+    config: TrainConfig | str | os.PathLike | Mapping[str, Any],
+    run_dir: str | os.PathLike | RunDir,
+    resume: str | os.PathLike | None = None,
+    *,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[RunDir, pd.DataFrame]:
+    """Train a multi-head model; returns the run directory and its metrics table.
+
+    ``config`` is a :class:`TrainConfig`, a YAML path or a mapping (unknown keys are errors);
+    ``resume`` is None (a new run; the directory must not hold one), ``"auto"`` (continue from the
+    directory's ``checkpoints/last.pt`` if there is one) or a checkpoint path. Under ``mpiexec``,
+    ``srun`` or ``torchrun`` every rank calls this and they train one model together.
+    """
+    trainer = Trainer(config, run_dir, resume=resume, callback=callback)
+    return trainer.run, trainer.fit()
