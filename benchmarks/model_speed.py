@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers
+from common import time_repeats
 
 THREADS = 2
 #: Fraction of the cores' time that other processes may use (at start, and during each dtype's timings)
@@ -53,23 +54,11 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def timed(fn, *, warmup: int, repeats: int) -> dict[str, Any]:
-    """Seconds per call of ``fn``: median, min and all, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": [round(t, 5) for t in times]}
-
-
 def matmul_rate(dtype: torch.dtype, *, n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of torch.matmul on two n x n matrices (2 n^3 per product), median of ``repeats``."""
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
-    timing = timed(lambda: torch.matmul(a, b), warmup=2, repeats=repeats)
+    timing = time_repeats(lambda: torch.matmul(a, b), warmup=2, repeats=repeats)
     return 2 * n**3 / timing["median_s"]
 
 
