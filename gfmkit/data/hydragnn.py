@@ -285,15 +285,7 @@ class HydraGNNStore(RangedStore):
 
     # -- opening ----------------------------------------------------------------------------------
     def _read_metadata(self) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
-        if not self.path.exists():
-            raise HydraGNNFormatError(f"{self.path}: no such file")
-        try:
-            reader = self.reader
-            names = reader.available_attributes()
-            variables = reader.available_variables()
-        except Exception as exc:  # ADIOS2 raises plain RuntimeError/ValueError on corrupt files
-            raise HydraGNNFormatError(f"{self.path}: not a readable ADIOS2 file ({exc})") from None
-        attrs = {name: reader.read_attribute(name) for name in names}
+        attrs, variables = self._file_metadata(HydraGNNFormatError, "no such file")
         if fmt.A_FORMAT in attrs:
             raise HydraGNNFormatError(f"{self.path}: a gfmkit store, not a HydraGNN file: use gfmkit.data.Store")
         if not any(a.endswith("/ndata") for a in attrs):

@@ -87,6 +87,18 @@ class RangedStore:
             self._pid = os.getpid()
         return self._reader
 
+    def _file_metadata(self, error: type[Exception], missing: str) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+        """The file's attributes and variable metadata; a missing or unreadable file raises ``error``."""
+        if not self.path.exists():
+            raise error(f"{self.path}: {missing}")
+        try:
+            reader = self.reader
+            names = reader.available_attributes()
+            variables = reader.available_variables()
+        except Exception as exc:  # ADIOS2 raises plain RuntimeError/ValueError on corrupt files
+            raise error(f"{self.path}: not a readable ADIOS2 file ({exc})") from None
+        return {name: reader.read_attribute(name) for name in names}, variables
+
     def _normalise(self, index: int) -> int:
         n = len(self)
         if not -n <= index < n:

@@ -164,15 +164,7 @@ class Store(RangedStore):
         return self.reader.read(name, start, [count, *shape[1:]])
 
     def _read_attributes(self) -> dict[str, Any]:
-        if not self.path.exists():
-            raise StoreError(f"{self.path}: no such store")
-        try:
-            reader = self.reader
-            names = reader.available_attributes()
-            variables = reader.available_variables()
-        except Exception as exc:  # ADIOS2 raises plain RuntimeError/ValueError on corrupt files
-            raise StoreError(f"{self.path}: not a readable ADIOS2 file ({exc})") from None
-        attrs = {name: reader.read_attribute(name) for name in names}
+        attrs, variables = self._file_metadata(StoreError, "no such store")
         if attrs.get(fmt.A_FORMAT) != fmt.FORMAT:
             hint = " (it looks HydraGNN-written: use gfmkit.data.HydraGNNStore)" if "total_ndata" in attrs else ""
             raise StoreError(f"{self.path}: not a gfmkit store{hint}")
