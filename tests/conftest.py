@@ -104,15 +104,22 @@ def demo_stores(demo_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(demo_stores, tmp_path_factory) -> Path:
-    """A small multi-head model trained briefly on the demo data (all heads), saved once per session."""
-    from gfmkit.data.graphs import GraphDataset
-    from gfmkit.models import ModelConfig, build_model, save_checkpoint
-    from training import fit_multi
+def tiny_checkpoint(demo_dir, tmp_path_factory) -> Path:
+    """A small multi-head model trained briefly on the demo data (all heads, float64) with gfmkit's own
+    trainer, once per session; its best checkpoint."""
+    from gfmkit.models import ModelConfig
+    from gfmkit.train import DataConfig, OptimizerConfig, SamplerConfig, TrainConfig, train
 
-    torch.manual_seed(0)
-    config = ModelConfig(hidden=32, layers=2, n_rbf=10, cutoff=4.5, head_hidden=16)
-    model = build_model(config, demo_stores).double()
-    dataset = GraphDataset(demo_stores, config.cutoff, split="train")
-    fit_multi(model, dataset, steps=150, lr=3e-3, batch_size=8)
-    return save_checkpoint(model.eval(), tmp_path_factory.mktemp("model") / "tiny.pt", registry=demo_stores.registry.names)
+    config = TrainConfig(
+        data=DataConfig(stores=[str(demo_dir)]),
+        model=ModelConfig(hidden=32, layers=2, n_rbf=10, cutoff=4.5, head_hidden=16),
+        sampler=SamplerConfig(strategy="temperature", temperature=2.0, batch_size=8),
+        optimizer=OptimizerConfig(lr=3e-3, ema_decay=None),
+        precision="fp64",
+        max_steps=150,
+        validate_every=150,
+        checkpoint_every=150,
+        progress=False,
+    )
+    run, _ = train(config, tmp_path_factory.mktemp("model") / "tiny")
+    return run.checkpoints / "best.pt"

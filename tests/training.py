@@ -59,28 +59,3 @@ def force_mae(model, graphs) -> float:
     batch = collate(graphs)
     return float((model(batch, forces=True)["forces"] - batch.forces).abs().mean())
 
-
-def fit_multi(model, dataset, steps: int, *, lr: float = 3e-3, batch_size: int = 8, seed: int = 0):
-    """Train a multi-head model on a GraphDataset with the temperature sampler (energy, forces and
-    property losses, each masked where a dataset lacks the label)."""
-    from gfmkit.data.graphs import make_loader
-    from gfmkit.data.sampling import DatasetMixer, GlobalBatchSampler
-
-    mixer = DatasetMixer(dataset.head, strategy="temperature", temperature=2.0, num_samples=steps * batch_size, seed=seed)
-    loader = make_loader(dataset, GlobalBatchSampler(mixer, dataset.natoms, batch_size=batch_size))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scale = model.readout.scale
-    for batch in loader:
-        out = model(batch, forces=True, training=True)
-        head_scale = scale.index_select(0, batch.dataset).to(out["energy"].dtype)
-        is_energy = model.readout.is_energy.index_select(0, batch.dataset)
-        natoms = batch.natoms.to(out["energy"].dtype)
-        target = torch.where(is_energy, batch.energy, batch.properties[:, 0] if batch.properties.shape[1] else batch.energy)
-        per = torch.where(is_energy, (out["energy"] - target) / natoms, out["energy"] - target) / head_scale
-        atom_scale = head_scale.index_select(0, batch.batch)[:, None]
-        atom_mask = batch.forces_mask.index_select(0, batch.batch)[:, None]
-        loss = per.square().mean() + ((out["forces"] - batch.forces) / atom_scale).square().where(atom_mask, 0.0).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return model
