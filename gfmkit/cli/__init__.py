@@ -7,8 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from gfmkit._version import __version__
+from gfmkit.cli import cluster as cluster_cli
 from gfmkit.cli import data as data_cli
 from gfmkit.cli import demo as demo_cli
+from gfmkit.cli import kernel as kernel_cli
 from gfmkit.cli import train as train_cli
 from gfmkit.cli.common import CLIError, fail
 
@@ -18,7 +20,6 @@ NOT_BUILT = {
     "precision": ("BF16/FP32/FP64 precision study", None),
     "finetune": ("transfer to downstream tasks by fine-tuning", None),
     "screen": ("billion-structure screening with encoder reuse and weighted heads", None),
-    "cluster": ("ipyparallel engines and batch scripts from hpc_profiles/", 7),
     "figures": ("regenerate paper figures from run directories", None),
 }
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{help_text} [not built yet]", description=f"{help_text}. Not built yet{where}.")
         p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         p.set_defaults(func=_not_built(name, where))
+    cluster_cli.add_parser(sub)
+    kernel_cli.add_parser(sub)
     demo_cli.add_parser(sub)
     return parser
 
