@@ -26,8 +26,10 @@ from gfmkit.train import (
     train,
 )
 from gfmkit.train.config import ScheduleConfig
-from gfmkit.train.distributed import backend_for, first_host, select_device
-from gfmkit.train.trainer import EMA, LAST, Schedule
+from gfmkit.train.distributed import backend_for, first_host, master_host, select_device
+from gfmkit.train.signals import stop_deadline
+from gfmkit.train.state import EMA, Schedule
+from gfmkit.train.trainer import LAST
 
 TINY = {"hidden": 16, "layers": 1, "n_rbf": 8, "cutoff": 4.0, "head_hidden": 8}
 
@@ -93,55 +95,105 @@ def test_config_loads_yaml_and_rejects_unknown_keys(tmp_path, demo_dir):
         load_train_config({**tiny_config(demo_dir), "max_steps": None})
     with pytest.raises(ConfigError, match="data"):
         load_train_config({"max_steps": 3})
+    for bad, key in [({"optimizer": {"betas": [0.9, 1.0]}}, "optimizer.betas"), ({"loss": {"huber_delta": 0.0}}, "huber_delta"),
+                     ({"schedule": {"min_lr_ratio": 2.0}}, "min_lr_ratio"), ({"stop_margin": -1.0}, "stop_margin")]:
+        with pytest.raises(ConfigError, match=key):
+            load_train_config(tiny_config(demo_dir, **bad))
 
 
 # -- launch detection ---------------------------------------------------------------------------------
 
 
+SLURM_JOB = {"SLURM_JOB_ID": "7", "SLURM_JOBID": "7", "SLURM_JOB_NODELIST": "nid[001-004,007]", "SLURM_NTASKS": "8"}
+SLURM_STEP = {**SLURM_JOB, "SLURM_STEP_ID": "0", "SLURM_STEPID": "0", "SLURM_STEP_NODELIST": "nid[003-004]",
+              "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1"}
+
+
 @pytest.mark.parametrize(
     "env, expected",
     [
-        ({}, ("single", 0, 1, 0)),
-        ({"PMI_RANK": "3", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1"}, ("mpich", 3, 4, 1)),
-        ({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, ("openmpi", 5, 8, 1)),
-        ({"PALS_RANKID": "13", "PALS_LOCAL_RANKID": "1", "PMI_SIZE": "24", "PMI_RANK": "13"}, ("pals", 13, 24, 1)),
-        ({"SLURM_PROCID": "6", "SLURM_NTASKS": "8", "SLURM_LOCALID": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "1"},
-         ("slurm", 6, 8, 2)),
-        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0", "SLURM_JOB_ID": "1"}, ("single", 0, 1, 0)),
+        ({}, ("single", 0, 1, 0, None)),
+        # torchrun (also under Slurm: its variables win)
         ({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "MASTER_ADDR": "node7", "MASTER_PORT": "1234"},
-         ("torchrun", 2, 4, 0)),
-        ({"MV2_COMM_WORLD_RANK": "1", "MV2_COMM_WORLD_SIZE": "2", "MV2_COMM_WORLD_LOCAL_RANK": "1"}, ("mvapich", 1, 2, 1)),
+         ("torchrun", 2, 4, 0, None)),
+        # MPICH / Hydra (also Intel MPI)
+        ({"PMI_RANK": "3", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1"}, ("mpich", 3, 4, 1, None)),
+        # Open MPI's mpirun inside a Slurm batch script: the batch shell's SLURM_PROCID=0 must not count
+        ({**SLURM_JOB, "SLURM_PROCID": "0", "OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "8",
+          "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, ("openmpi", 5, 8, 1, "slurm")),
+        # Cray PALS (Aurora/Polaris mpiexec under PBS), which also sets PMI_*
+        ({"PBS_JOBID": "42.pbs", "PALS_RANKID": "13", "PALS_LOCAL_RANKID": "1", "PMI_SIZE": "24", "PMI_RANK": "13"},
+         ("pals", 13, 24, 1, "pbs")),
+        ({"MV2_COMM_WORLD_RANK": "1", "MV2_COMM_WORLD_SIZE": "2", "MV2_COMM_WORLD_LOCAL_RANK": "1"}, ("mvapich", 1, 2, 1, None)),
+        # srun task: the step's task count, not the job's
+        (SLURM_STEP, ("slurm", 3, 4, 1, "slurm")),
+        ({**SLURM_STEP, "SLURM_STEP_NUM_TASKS": "", "SLURM_STEP_ID": "", "SLURM_NTASKS": "8"}, ("slurm", 3, 8, 1, "slurm")),
+        # srun --mpi=cray_shasta (Frontier, Perlmutter): Cray PMI variables, Slurm's local ID
+        ({**SLURM_STEP, "PMI_RANK": "3", "PMI_SIZE": "4"}, ("mpich", 3, 4, 1, "slurm")),
+        # srun --mpi=pmix
+        ({**SLURM_STEP, "PMIX_RANK": "2"}, ("pmix", 2, 4, 1, "slurm")),
+        # the batch script itself, or a notebook in an allocation: one process despite SLURM_NTASKS=8
+        ({**SLURM_JOB, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, ("single", 0, 1, 0, "slurm")),
+        # reserved steps: batch (old and new IDs), extern, interactive
+        ({**SLURM_JOB, "SLURM_PROCID": "0", "SLURM_STEP_ID": "4294967294"}, ("single", 0, 1, 0, "slurm")),
+        ({**SLURM_JOB, "SLURM_PROCID": "0", "SLURM_STEP_ID": "4294967291"}, ("single", 0, 1, 0, "slurm")),
+        ({**SLURM_JOB, "SLURM_PROCID": "0", "SLURM_STEPID": "4294967292"}, ("single", 0, 1, 0, "slurm")),
+        ({**SLURM_JOB, "SLURM_PROCID": "0", "SLURM_STEP_ID": "4294967290"}, ("single", 0, 1, 0, "slurm")),
+        ({**SLURM_JOB, "SLURM_PROCID": "0", "SLURM_STEP_ID": "batch"}, ("single", 0, 1, 0, "slurm")),
+        # a PBS job without an MPI launcher is one process
+        ({"PBS_JOBID": "42.pbs", "PBS_ENVIRONMENT": "PBS_BATCH"}, ("single", 0, 1, 0, "pbs")),
     ],
 )
 def test_detect_launch_from_environment(env, expected):
     launch = detect_launch(env, modules={})
-    assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank) == expected
+    assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank, launch.scheduler) == expected
 
 
-def test_launch_scheduler_master_address_and_ipyparallel(tmp_path):
+class FakeComm:
+    def __init__(self, rank: int, size: int, node: FakeComm | None = None):
+        self.rank, self.size, self.node = rank, size, node
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def Split_type(self, kind):
+        assert kind == "shared"
+        return self.node
+
+    def Free(self):
+        pass
+
+
+def test_launch_master_address_and_mpi4py_engines(tmp_path):
     nodefile = tmp_path / "nodes"
-    nodefile.write_text("x1001c0s0b0n0\nx1001c0s0b0n1\n")
+    nodefile.write_text("x1001c0s0b0n0\nx1001c0s0b0n0\nx1001c0s0b0n1\n")
     pbs = detect_launch({"PBS_JOBID": "42.pbs", "PBS_NODEFILE": str(nodefile), "PALS_RANKID": "0", "PMI_SIZE": "2"}, modules={})
-    assert (pbs.scheduler, pbs.master_addr, pbs.world_size) == ("pbs", "x1001c0s0b0n0", 2)
-    slurm = detect_launch({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
-                           "SLURM_JOB_NODELIST": "nid[001-004,007]"}, modules={})
-    assert (slurm.scheduler, slurm.master_addr, slurm.local_rank) == ("slurm", "nid001", 1)
+    assert (pbs.scheduler, pbs.scheduler_host, pbs.master_addr, pbs.world_size) == ("pbs", "x1001c0s0b0n0", None, 2)
+    assert detect_launch({"PBS_JOBID": "1", "PBS_NODEFILE": str(tmp_path / "gone")}, modules={}).scheduler_host is None
+    slurm = detect_launch(SLURM_STEP, modules={})
+    assert (slurm.scheduler_host, slurm.master_addr) == ("nid003", None)  # the step's first node, not the job's
+    assert detect_launch({**SLURM_STEP, "SLURM_STEP_NODELIST": ""}, modules={}).scheduler_host == "nid001"
     torchrun = detect_launch({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "node7", "MASTER_PORT": "1234"}, modules={})
     assert (torchrun.master_addr, torchrun.master_port) == ("node7", 1234)
     assert first_host("login1") == "login1" and first_host("gpu[10-12],cpu3") == "gpu10"
+    # under MPI rank 0 announces its own host, whatever node the scheduler lists first
+    mpi = detect_launch({**SLURM_JOB, "PMI_RANK": "0", "PMI_SIZE": "2"}, modules={})
+    assert mpi.scheduler_host == "nid001" and master_host(mpi, ["nid004", "nid002"]) == "nid004"
+    assert master_host(mpi, ["nid004", "nid004"]) == "127.0.0.1"
+    assert master_host(detect_launch({"MASTER_ADDR": "hsn0", "PMI_RANK": "0", "PMI_SIZE": "2"}, modules={}),
+                       ["a", "b"]) == "hsn0"
 
-    class FakeComm:
-        def Get_rank(self):
-            return 2
-
-        def Get_size(self):
-            return 3
-
-    class FakeMPI:
-        COMM_WORLD = FakeComm()
+    class FakeMPI:  # rank 2 of 3, the first rank on the second node
+        COMM_TYPE_SHARED = "shared"
+        COMM_WORLD = FakeComm(2, 3, node=FakeComm(0, 1))
 
     engine = detect_launch({}, modules={"mpi4py.MPI": FakeMPI, "ipyparallel": object()})
-    assert (engine.launcher, engine.rank, engine.world_size) == ("ipyparallel", 2, 3)
+    assert (engine.launcher, engine.rank, engine.world_size, engine.local_rank) == ("ipyparallel", 2, 3, 0)
+    plain = detect_launch({}, modules={"mpi4py.MPI": FakeMPI})
+    assert (plain.launcher, plain.rank, plain.world_size, plain.local_rank) == ("mpi4py", 2, 3, 0)
     with pytest.raises(RuntimeError, match="outside"):
         detect_launch({"PMI_RANK": "4", "PMI_SIZE": "4"}, modules={})
 
@@ -223,6 +275,66 @@ def test_a_structure_trains_only_its_own_head(demo_stores):
     assert torch.count_nonzero(torch.cat([w2[:bulk], w2[bulk + 1 :]])) == 0
 
 
+def synthetic_batch():
+    """Four structures of 2, 1, 3 and 2 atoms: head 0 (energy) x3, head 1 (property) x1.
+
+    s0 (head 0, periodic): energy, forces, stress; s1 (head 0, molecule): energy only, garbage forces
+    and stress that the masks must hide; s2 (head 0, periodic): forces and stress, no energy;
+    s3 (head 1): the property, and an energy label that an energy term must ignore."""
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(3)
+    natoms = torch.tensor([2, 1, 3, 2])
+    n = int(natoms.sum())
+    cell = torch.zeros(4, 3, 3, dtype=torch.float64)
+    cell[0] = torch.diag(torch.tensor([2.0, 3.0, 4.0], dtype=torch.float64))
+    cell[2] = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64))
+    batch = SimpleNamespace(
+        z=torch.ones(n, dtype=torch.long), batch=torch.repeat_interleave(torch.arange(4), natoms), natoms=natoms,
+        dataset=torch.tensor([0, 0, 0, 1]), cell=cell,
+        pbc=torch.tensor([[True] * 3, [False] * 3, [True] * 3, [False] * 3]),
+        energy=torch.randn(4, generator=g, dtype=torch.float64), energy_mask=torch.tensor([True, True, False, True]),
+        forces=torch.randn(n, 3, generator=g, dtype=torch.float64), forces_mask=torch.tensor([True, False, True, False]),
+        stress=torch.randn(4, 3, 3, generator=g, dtype=torch.float64), stress_mask=torch.tensor([True, True, True, False]),
+        properties=torch.randn(4, 1, generator=g, dtype=torch.float64), properties_mask=torch.tensor([[False]] * 3 + [[True]]),
+    )
+    out = {"energy": torch.randn(4, generator=g, dtype=torch.float64), "forces": torch.randn(n, 3, generator=g, dtype=torch.float64),
+           "stress": torch.randn(4, 3, 3, generator=g, dtype=torch.float64)}
+    return batch, out
+
+
+@pytest.mark.parametrize("kind", ["mse", "mae", "huber"])
+def test_loss_terms_are_masked_scaled_and_weighted(kind):
+    from gfmkit.train.config import LossConfig
+    from gfmkit.train.loss import HeadTable, combine, elementwise, loss_parts
+
+    batch, out = synthetic_batch()
+    heads = HeadTable(is_energy=torch.tensor([True, False]), scale=torch.tensor([2.0, 0.5], dtype=torch.float64),
+                      property_column=torch.tensor([-1, 0]), weight=torch.tensor([1.0, 3.0], dtype=torch.float64))
+    config = LossConfig(kind=kind, huber_delta=0.3, energy=1.0, forces=10.0, stress=2.0, property=0.5)
+    sums, counts = loss_parts(out, batch, heads, config)
+
+    def f(residual):
+        return float(elementwise(kind, torch.as_tensor(residual), 0.3).sum())
+
+    s = 2.0  # head 0's scale
+    energy = f([(out["energy"][k] - batch.energy[k]) / batch.natoms[k] / s for k in (0, 1)])
+    atoms = torch.cat([torch.arange(0, 2), torch.arange(3, 6)])  # s0 and s2
+    forces = f((out["forces"][atoms] - batch.forces[atoms]) / s)
+    volume = torch.tensor([24.0, 10.0], dtype=torch.float64)
+    stress = f(torch.stack([(out["stress"][k] - batch.stress[k]) * volume[i] / batch.natoms[k] / s for i, k in enumerate((0, 2))]))
+    prop = f([(out["energy"][3] - batch.properties[3, 0]) / 0.5])
+    expected_sums = torch.tensor([[energy, forces, stress, 0.0], [0.0, 0.0, 0.0, prop]], dtype=torch.float64)
+    assert counts.tolist() == [[2, 15, 18, 0], [0, 0, 0, 1]]
+    assert torch.allclose(sums, expected_sums, rtol=1e-12, atol=0)
+    total = combine(sums, counts, heads, config)
+    assert float(total) == pytest.approx(energy / 2 + 10 * forces / 15 + 2 * stress / 18 + 0.5 * 3.0 * prop / 1, rel=1e-12)
+    # physical units: no scale, stress in eV/A^3
+    raw, _ = loss_parts(out, batch, heads, LossConfig(kind="mae", normalise=False), physical=True)
+    stress_mae = float(torch.stack([(out["stress"][k] - batch.stress[k]).abs() for k in (0, 2)]).sum())
+    assert float(raw[0, 2]) == pytest.approx(stress_mae, rel=1e-12)
+
+
 def test_schedule_and_ema():
     cosine = Schedule(ScheduleConfig(kind="cosine", warmup_steps=4, min_lr_ratio=0.1), 1.0, total_steps=14)
     lrs = [cosine.lr(s) for s in range(16)]
@@ -237,12 +349,17 @@ def test_schedule_and_ema():
     again.load_state_dict(plateau.state_dict())
     assert again.lr(50) == plateau.lr(50)
 
+    warm = Schedule(ScheduleConfig(kind="plateau", warmup_steps=2, patience=1), 1.0, total_steps=100)
+    assert [warm.lr(s) for s in range(3)] == [0.5, 1.0, 1.0]
+    warm.on_validation(1.0)
+    assert warm.on_validation(2.0) and warm.lr(0) == 0.25 and warm.lr(5) == 0.5  # warm-up, then the plateau factor
+
     layer = torch.nn.Linear(2, 2).double()
-    ema = EMA(layer, decay=0.9)
+    ema = EMA(dict(layer.named_parameters()), decay=0.9)
     start = layer.weight.detach().clone()
     with torch.no_grad():
         layer.weight.add_(1.0)
-    ema.update(layer)  # warm-up decay min(0.9, 2/11)
+    ema.update(dict(layer.named_parameters()))  # warm-up decay min(0.9, 2/11)
     expected = start + (1 - 2 / 11)
     assert torch.allclose(ema.shadow["weight"], expected)
     with ema.applied(layer):
@@ -298,6 +415,60 @@ def test_fp64_run_has_float64_parameters_and_a_weights_only_checkpoint(demo_dir,
     assert not torch.equal(model.readout.w1, data["training"]["model"]["readout.w1"])
     start = metrics[metrics["event"] == "start"].iloc[0]
     assert (start["precision"], start["param_dtype"], start["sensitive_dtype"]) == ("fp64", "float64", "float64")
+    # validation runs on the EMA weights: re-evaluating reproduces the last validation loss, the raw weights do not
+    last_val = metrics[metrics["phase"] == "val"].iloc[-1]
+    assert last_val["step"] == 3 and validation_loss(trainer) == pytest.approx(last_val["loss"], rel=1e-12)
+    trainer.ema = None
+    assert validation_loss(trainer) != pytest.approx(last_val["loss"], rel=1e-6)
+
+
+def validation_loss(trainer) -> float:
+    from gfmkit.train.loss import combine
+
+    sums, counts, _, _ = trainer.evaluate_split()
+    return float(combine(sums, counts, trainer.heads, trainer.config.loss))
+
+
+def test_bf16_pure_steps_on_float32_master_weights_and_resumes_exactly(demo_dir, tmp_path, one_thread):
+    """AdamW's first steps move a weight by about lr; at lr=1e-5 that is far below half of bfloat16's
+    spacing for weights above 0.05 (1.2e-4), so bf16 weights alone would not move at all."""
+    lr = 1e-5
+    config = tiny_config(demo_dir, precision="bf16-pure", max_steps=3, validate_every=3, checkpoint_every=3,
+                         optimizer={"lr": lr, "grad_clip": None}, schedule={"kind": "constant"})
+    trainer = Trainer(config, tmp_path / "run")
+    start = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.fit()
+    saved = torch.load(tmp_path / "run" / "checkpoints" / LAST, weights_only=True)["training"]
+    masters = saved.get("master") or saved["model"]  # what AdamW stepped on
+    moved = held = total = 0
+    largest = 0.0
+    for k, name in enumerate(trainer.weights.names):
+        before, master, model = start[name], masters[name], saved["model"][name]
+        step = master.float() - before.float()
+        largest = max(largest, float(step.abs().max()))
+        large = (before.float().abs() > 0.05) & (saved["optimizer"]["state"][k]["exp_avg"] != 0)  # with a gradient
+        total += int(large.sum())
+        moved += int((step[large] != 0).sum())
+        held += int((model[large] == before[large]).sum())
+    assert total > 100 and moved > 0.9 * total, (moved, total)  # the masters took the small steps ...
+    assert held > 0.9 * total, (held, total)  # ... that bfloat16 weights could not hold
+    assert largest <= 3.01 * lr  # three AdamW steps of at most ~lr each
+    for name, master in masters.items():
+        assert master.dtype == torch.float32 and torch.equal(saved["model"][name], master.bfloat16())
+        assert trainer.ema.shadow[name].dtype == torch.float32  # the EMA averages the masters
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["optimizer_dtype"] == "float32"
+
+    # exact resume: 2 steps, then resumed to 3, equals the uninterrupted 3 (masters, EMA, AdamW moments)
+    Trainer({**config, "max_steps": 2}, tmp_path / "split").fit()
+    Trainer(config, tmp_path / "split", resume="auto").fit()
+    resumed = torch.load(tmp_path / "split" / "checkpoints" / LAST, weights_only=True)["training"]
+    for name, value in saved["master"].items():
+        assert torch.equal(value, resumed["master"][name]), name
+        assert torch.equal(saved["ema"]["shadow"][name], resumed["ema"]["shadow"][name]), name
+    for key, state in saved["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], resumed["optimizer"]["state"][key]["exp_avg"])
+    with pytest.raises(TrainingError, match="precision bf16-pure"):
+        Trainer({**config, "precision": "fp32"}, tmp_path / "split", resume="auto")
 
 
 @pytest.mark.parametrize("precision", ["bf16-autocast", "bf16-pure"])
@@ -357,15 +528,37 @@ def test_epochs_sampler_weights_and_graph_cache(demo_dir, tmp_path, one_thread):
     train_rows = metrics[metrics["phase"] == "train"]
     per_dataset = {c.split("/")[1] for c in train_rows.columns if c.startswith("train/") and c.endswith("/loss")}
     assert per_dataset == {"bulk"}  # only the weighted dataset is drawn
-    with pytest.raises(TrainingError, match="unknown dataset"):
+    with pytest.raises(TrainingError, match="sampler.weights names unknown dataset"):
         Trainer(tiny_config(demo_dir, sampler={"strategy": "weights", "weights": {"bulkk": 1.0}}), tmp_path / "bad")
+    with pytest.raises(TrainingError, match=r"loss.datasets names unknown dataset\(s\) \['bulkk'\]"):
+        Trainer(tiny_config(demo_dir, loss={"datasets": {"bulkk": 2.0}}), tmp_path / "bad")
 
 
-def test_wall_time_margin_stops_with_a_checkpoint(demo_dir, tmp_path, one_thread):
-    run, metrics = train(tiny_config(demo_dir, max_steps=50, wall_time=1e-3, stop_margin=0.0), tmp_path / "run")
+def test_stop_deadline_from_wall_time_and_slurm_end_time():
+    assert stop_deadline(None, 100.0, {}) is None
+    assert stop_deadline(50.0, 100.0, {}) == 150.0
+    assert stop_deadline(None, 100.0, {"SLURM_JOB_END_TIME": "1000"}) == 1000.0
+    assert stop_deadline(5000.0, 100.0, {"SLURM_JOB_END_TIME": "1000"}) == 1000.0  # the earlier one wins
+    assert stop_deadline(50.0, 100.0, {"SLURM_JOB_END_TIME": "1000"}) == 150.0
+    assert stop_deadline(None, 100.0, {"SLURM_JOB_END_TIME": "0"}) is None  # no limit
+    assert stop_deadline(None, 100.0, {"SLURM_JOB_END_TIME": "soon"}) is None
+
+
+@pytest.mark.parametrize("limit", ["wall_time", "slurm_end_time"])
+def test_deadline_margin_stops_with_a_checkpoint_and_resumes(demo_dir, tmp_path, one_thread, monkeypatch, limit):
+    if limit == "wall_time":
+        config = tiny_config(demo_dir, max_steps=4, wall_time=1e-3, stop_margin=0.0)
+    else:  # the job ends in an hour, and the margin is an hour: stop at the first step boundary
+        monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 3600))
+        config = tiny_config(demo_dir, max_steps=4, stop_margin=3600.0)
+    run, metrics = train(config, tmp_path / "run")
     stop = metrics[metrics["event"] == "stop"].iloc[-1]
     assert stop["reason"] == "wall_time" and stop["step"] == 1
     assert torch.load(run.checkpoints / LAST, weights_only=True)["training"]["step"] == 1
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    resumed = Trainer({**config, "wall_time": None, "stop_margin": 0.0}, tmp_path / "run", resume="auto")
+    resumed.fit()
+    assert (resumed.step, resumed.stop_reason) == (4, None)
 
 
 # -- kill and resume ------------------------------------------------------------------------------------
@@ -393,45 +586,62 @@ Trainer(config, run, callback=callback).fit()
 """
 
 
-def test_resume_after_sigkill_equals_an_uninterrupted_run(demo_dir, tmp_path, one_thread):
-    # 8 steps over epochs of 4 batches, EMA, warm-up + cosine, validation at 4 and 8; checkpoint at 3 and 6
-    config = tiny_config(demo_dir, max_steps=8, checkpoint_every=3, validate_every=4,
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_after_sigkill_equals_an_uninterrupted_run(demo_dir, tmp_path, one_thread, workers):
+    # 7 steps over epochs of 4 batches (the run ends inside epoch 1), EMA, warm-up + cosine, validation at
+    # 4 and 7, checkpoints at 3 and 6; killed at 5, resumed from 3. With a worker the loader prefetches
+    # past the step being trained (and past the epoch's end).
+    config = tiny_config(demo_dir, max_steps=7, checkpoint_every=3, validate_every=4, data={"num_workers": workers},
                          sampler={"batch_size": 5, "samples_per_epoch": 18}, schedule={"warmup_steps": 2})
     reference = Trainer(config, tmp_path / "reference")
     reference.fit()
     script = tmp_path / "killer.py"
     script.write_text(textwrap.dedent(KILLER))
-    proc = subprocess.run([sys.executable, str(script), json.dumps(config), str(tmp_path / "killed"), "5"],
-                          capture_output=True, text=True, timeout=120, env=child_env(), check=False)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    with open(tmp_path / "killer.log", "w") as log:  # not a pipe: an orphaned worker would hold it open
+        proc = subprocess.run([sys.executable, str(script), json.dumps(config), str(tmp_path / "killed"), "5"],
+                              stdout=log, stderr=subprocess.STDOUT, timeout=120, env=child_env(), check=False)
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killer.log").read_text()[-2000:]
     saved = torch.load(tmp_path / "killed" / "checkpoints" / LAST, weights_only=True)
     assert saved["training"]["step"] == 3
     resumed = Trainer(config, tmp_path / "killed", resume="auto")
     assert (resumed.step, resumed.epoch, resumed.batch_in_epoch) == (3, 0, 3)
     resumed.fit()
-    a = torch.load(tmp_path / "reference" / "checkpoints" / LAST, weights_only=True)
+    a = torch.load(tmp_path / "reference" / "checkpoints" / LAST, weights_only=True)["training"]
     b = torch.load(tmp_path / "killed" / "checkpoints" / LAST, weights_only=True)
-    assert a["training"]["step"] == b["training"]["step"] == 8 and a["training"]["epoch"] == b["training"]["epoch"] == 2
-    for key, value in a["training"]["model"].items():
-        assert torch.equal(value, b["training"]["model"][key]), key
-    for key, value in a["state_dict"].items():  # EMA weights
-        assert torch.equal(value, b["state_dict"][key]), key
-    for key, state in a["training"]["optimizer"]["state"].items():
-        assert torch.equal(state["exp_avg_sq"], b["training"]["optimizer"]["state"][key]["exp_avg_sq"])
+    assert (b["state_dict"].keys() == a["model"].keys()) and b["training"]["world_size"] == 1
+    assert [(t.step, t.epoch, t.batch_in_epoch) for t in (reference, resumed)] == [(7, 1, 3)] * 2
+    assert_same_training_state(a, b["training"])
     ma, mb = reference.run.metrics(), resumed.run.metrics()
     for frame in (ma, mb):
-        assert frame[frame["phase"] == "train"]["step"].tolist() == list(range(1, 9))  # killed steps 4-5 dropped
+        assert frame[frame["phase"] == "train"]["step"].tolist() == list(range(1, 8))  # killed steps 4-5 dropped
     va, vb = ma[ma["phase"] == "val"], mb[mb["phase"] == "val"]
     assert va["loss"].tolist() == vb["loss"].tolist() and len(va) == 2
 
 
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Two checkpoints' training states are bitwise equal: counters, weights, EMA, AdamW, RNG states."""
+    assert [a[k] for k in ("step", "epoch", "batch_in_epoch")] == [b[k] for k in ("step", "epoch", "batch_in_epoch")]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["ema"]["shadow"].items():
+        assert torch.equal(value, b["ema"]["shadow"][key]), key
+    for key, state in a["optimizer"]["state"].items():
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[moment], b["optimizer"]["state"][key][moment])
+    assert a["schedule"] == b["schedule"]
+    # the global RNG states too (no DataLoader iterator may draw from them)
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    assert a["rng"][0]["python"] == b["rng"][0]["python"]
+
+
 def test_sigterm_makes_a_checkpoint_and_a_clean_exit(demo_dir, tmp_path):
-    config = tiny_config(demo_dir, max_steps=100000, checkpoint_every=100000, validate_every=100000)
+    """As schedulers do, SIGTERM goes to every process of the job: the DataLoader worker too."""
+    config = tiny_config(demo_dir, max_steps=100000, checkpoint_every=100000, validate_every=100000, data={"num_workers": 1})
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "gfmkit.cli.train", "train", str(path), "--out", str(run), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -442,7 +652,7 @@ def test_sigterm_makes_a_checkpoint_and_a_clean_exit(demo_dir, tmp_path):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[1][-2000:]
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -30,8 +30,9 @@ def test_two_ranks_take_the_same_steps_as_one(run_mpi, demo_dir, demo_stores, tm
     from gfmkit.data.graphs import GraphDataset
     from gfmkit.data.sampling import DatasetMixer, GlobalBatchSampler
 
-    config = tiny_config(demo_dir, max_steps=4, checkpoint_every=4, validate_every=2,
-                         sampler={"batch_size": 7, "strategy": "uniform"}, optimizer={"lr": 5e-3, "weight_decay": 0.01})
+    # a clip below every step's gradient norm: clipping must act on the summed (global) gradient
+    config = tiny_config(demo_dir, max_steps=4, checkpoint_every=4, validate_every=2, sampler={"batch_size": 7, "strategy": "uniform"},
+                         optimizer={"lr": 5e-3, "weight_decay": 0.01, "grad_clip": 1.0})
     # the setting is what the test claims: mixed sizes, and a head on one rank's slice but not the other's
     data = GraphDataset(demo_stores, 4.0, split="train")
     mixer = DatasetMixer(data.head, strategy="uniform", seed=0)
@@ -65,6 +66,7 @@ def test_two_ranks_take_the_same_steps_as_one(run_mpi, demo_dir, demo_stores, tm
     assert all(int(s["step"]) == 4 for s in one["training"]["optimizer"]["state"].values())
     m1 = [json.loads(line) for line in (runs[1] / "metrics.jsonl").read_text().splitlines()]
     m2 = [json.loads(line) for line in (runs[2] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in m1] == [r["phase"] for r in m2]
     for a, b in zip(m1, m2):
         if a["phase"] in ("train", "val"):
             assert a["step"] == b["step"]
@@ -73,10 +75,12 @@ def test_two_ranks_take_the_same_steps_as_one(run_mpi, demo_dir, demo_stores, tm
                 assert np.isclose(a["forces_mae"], b["forces_mae"], rtol=1e-10, atol=0)
             else:
                 assert a["structures"] == b["structures"]
+                assert a["grad_norm"] > 1.0 and np.isclose(a["grad_norm"], b["grad_norm"], rtol=1e-10, atol=0)
 
 
 STOP_ON_ONE_RANK = """
-import json, os, signal
+import json, os, signal, sys
+sys.stderr = open(os.path.join({run!r} + f"-stderr{{_rank}}.txt"), "w")  # where tqdm draws its bars
 from gfmkit.train import Trainer
 trainer = Trainer(json.loads({config!r}), {run!r})
 original = trainer._train_step
@@ -96,11 +100,16 @@ emit({{"rank": trainer.dist.rank, "step": trainer.step, "reason": trainer.stop_r
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(run_mpi, demo_dir, tmp_path):
     import json
 
-    config = tiny_config(demo_dir, max_steps=1000, checkpoint_every=1000, validate_every=1000)
+    # bf16-pure on the way: bfloat16 parameters broadcast and float32 master gradients summed over gloo
+    config = tiny_config(demo_dir, max_steps=1000, checkpoint_every=1000, validate_every=1000, progress=True,
+                         precision="bf16-pure")
     run = tmp_path / "run"
     result = run_mpi(STOP_ON_ONE_RANK.format(config=json.dumps(config), run=str(run)), n=2, timeout=180)
+    bars = [(tmp_path / f"run-stderr{r}.txt").read_text() for r in (0, 1)]
+    assert "epoch 0" in bars[0] and "epoch" not in bars[1]  # progress bars on rank 0 only
     ranks = [e[0] for e in result.emitted]
     assert [r["step"] for r in ranks] == [3, 3]
     assert ranks[1]["reason"] == "SIGUSR1" and ranks[0]["reason"] == "signal on another rank"
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert saved["training"]["step"] == 3 and saved["training"]["world_size"] == 2
+    assert {m.dtype for m in saved["training"]["master"].values()} == {torch.float32}

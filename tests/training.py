@@ -1,4 +1,5 @@
-"""A minimal training loop for model tests (the real trainer lives in gfmkit.train)."""
+"""A minimal training loop for model tests on plain graph lists (the trainer lives in gfmkit.train; the
+loss is its own, so model tests train on exactly what runs train on)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from gfmkit.data.graphs import collate, structure_graph
+from gfmkit.train.config import LossConfig
+from gfmkit.train.loss import HeadTable, combine, loss_parts
 
 
 def emt_copper(n: int, seed: int = 0, rattle: float = 0.1) -> list[Atoms]:
@@ -36,7 +39,9 @@ def graphs_of(frames: list[Atoms], cutoff: float, dtype=torch.float64) -> list:
 
 
 def fit(model, graphs, steps: int, *, lr: float = 3e-3, batch_size: int = 8, force_weight: float = 10.0, seed: int = 0):
-    """AdamW on per-atom energy MSE + force MSE; returns the loss history."""
+    """AdamW on gfmkit's loss (per-atom energy MSE + force MSE, unnormalised); returns the loss history."""
+    heads = HeadTable.from_model(model, [])
+    config = LossConfig(kind="mse", energy=1.0, forces=force_weight, stress=0.0, normalise=False)
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=lr / 20)
@@ -44,9 +49,8 @@ def fit(model, graphs, steps: int, *, lr: float = 3e-3, batch_size: int = 8, for
     for _ in range(steps):
         pick = torch.randperm(len(graphs), generator=generator)[:batch_size].tolist()
         batch = collate([graphs[i] for i in pick])
-        out = model(batch, forces=True, training=True)
-        natoms = batch.natoms.to(out["energy"].dtype)
-        loss = ((out["energy"] - batch.energy) / natoms).square().mean() + force_weight * (out["forces"] - batch.forces).square().mean()
+        sums, counts = loss_parts(model(batch, forces=True, training=True), batch, heads, config)
+        loss = combine(sums, counts, heads, config)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

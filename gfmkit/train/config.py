@@ -95,6 +95,8 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"optimizer.grad_clip must be positive, got {self.grad_clip}")
+        if self.weight_decay < 0 or self.eps <= 0 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError("optimizer.weight_decay must be >= 0, optimizer.eps > 0 and optimizer.betas in [0, 1)")
 
 
 @dataclass
@@ -114,6 +116,8 @@ class ScheduleConfig:
             raise ValueError("schedule.warmup_steps must be >= 0 and schedule.patience >= 1")
         if not 0 < self.factor < 1:
             raise ValueError(f"schedule.factor must be in (0, 1), got {self.factor}")
+        if not 0 <= self.min_lr_ratio <= 1 or self.threshold < 0:
+            raise ValueError("schedule.min_lr_ratio must be in [0, 1] and schedule.threshold >= 0")
 
 
 @dataclass
@@ -137,9 +141,11 @@ class LossConfig:
     normalise: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("energy", "forces", "stress", "property", "huber_delta"):
+        for name in ("energy", "forces", "stress", "property"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.huber_delta <= 0:
+            raise ValueError(f"loss.huber_delta must be positive, got {self.huber_delta}")
         bad = {k: v for k, v in self.datasets.items() if v < 0}
         if bad:
             raise ValueError(f"loss.datasets weights must be >= 0, got {bad}")
@@ -164,7 +170,9 @@ class TrainConfig:
     validate_every: int = 100  # steps (and always at the end)
     checkpoint_every: int = 100  # steps (and always at the end, and on SIGTERM/SIGUSR1)
     log_every: int = 10  # steps between training-metrics records
-    wall_time: float | None = None  # seconds this job may run; stop and checkpoint `stop_margin` before it
+    # seconds this run may take from the trainer's start; it stops and checkpoints `stop_margin` seconds
+    # before it, or before the Slurm job's end (SLURM_JOB_END_TIME) if that comes first
+    wall_time: float | None = None
     stop_margin: float = 120.0
     progress: bool = True  # tqdm bars (rank 0 only)
 
@@ -178,6 +186,8 @@ class TrainConfig:
         for name in ("validate_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if (self.wall_time is not None and self.wall_time <= 0) or self.stop_margin < 0:
+            raise ValueError("wall_time must be positive and stop_margin >= 0")
         if self.device.split(":")[0] not in ("auto", "cpu", "cuda", "xpu", "mps"):
             raise ValueError(f"device must be auto, cpu, cuda, xpu or mps, got {self.device!r}")
 

@@ -9,24 +9,29 @@ launcher        variables                                                   loca
 torchrun        ``RANK``, ``WORLD_SIZE`` (+ ``MASTER_ADDR``/``MASTER_PORT``)  ``LOCAL_RANK``
 Open MPI        ``OMPI_COMM_WORLD_RANK``, ``OMPI_COMM_WORLD_SIZE``           ``OMPI_COMM_WORLD_LOCAL_RANK``
 Cray PALS       ``PALS_RANKID``, ``PMI_SIZE`` (Aurora, Polaris mpiexec)      ``PALS_LOCAL_RANKID``
-MPICH / Hydra   ``PMI_RANK``, ``PMI_SIZE`` (also Intel MPI, Cray PMI)        ``MPI_LOCALRANKID``, ``PMI_LOCAL_RANK``
+MPICH / Hydra   ``PMI_RANK``, ``PMI_SIZE`` (also Intel MPI, Cray PMI)        ``MPI_LOCALRANKID``, ``PMI_LOCAL_RANK``,
+                                                                            ``SLURM_LOCALID`` (srun --mpi=cray_shasta)
 PMIx            ``PMIX_RANK`` (+ mpi4py for the size)                        ``PMIX_LOCAL_RANK``
 MVAPICH         ``MV2_COMM_WORLD_RANK``, ``MV2_COMM_WORLD_SIZE``             ``MV2_COMM_WORLD_LOCAL_RANK``
-Slurm srun      ``SLURM_PROCID``, ``SLURM_NTASKS`` inside a job step         ``SLURM_LOCALID``
+Slurm srun      ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` in an srun step   ``SLURM_LOCALID``
 mpi4py          ``mpi4py.MPI`` already imported (ipyparallel MPI engines)    shared-memory sub-communicator
 ==============  ==========================================================  ===============================
 
-Slurm variables count only inside a job step (``SLURM_STEP_ID`` set, as ``srun`` does): a notebook or a
-batch script running in an allocation sees ``SLURM_NTASKS`` too but is one process. PBS starts no ranks
-itself (its ``mpiexec`` is one of the MPI launchers above); under PBS without MPI variables the run is
-one process, and ``PBS_NODEFILE``'s first host is the master address fallback.
+Slurm variables count only inside a job step that ``srun`` started: srun sets ``SLURM_STEP_ID`` (and
+the older ``SLURM_STEPID``), ``SLURM_PROCID``, ``SLURM_LOCALID`` and ``SLURM_STEP_NUM_TASKS`` (the
+step's task count) in every task. A batch script, or a notebook in an ``salloc`` shell, sees
+``SLURM_PROCID=0`` and the job's ``SLURM_NTASKS`` but no step ID, and is one process; the batch,
+extern and interactive steps carry reserved IDs above ``0xfffffff0`` and are one process too. PBS
+starts no ranks itself (its ``mpiexec`` is one of the MPI launchers above); under PBS without MPI
+variables the run is one process.
 
 The device is this rank's ``local_rank % visible devices`` GPU (CUDA/ROCm, else Intel XPU) unless the
 config names ``cpu``. The master address and port come from rank 0 through an mpi4py broadcast when
-MPI launched the job (rank 0's host, or 127.0.0.1 when all ranks share one host, and a free port),
-else from ``MASTER_ADDR``/``MASTER_PORT`` (torchrun), else from Slurm's or PBS's node list. Backends:
-gloo on CPU, nccl on CUDA and ROCm, xccl (torch >= 2.8) else ccl (oneCCL bindings) on XPU, else an
-error. ``torch.distributed`` is initialised only when the world has more than one rank.
+mpi4py can reach all ranks (``MASTER_ADDR`` if set, else rank 0's host name, or 127.0.0.1 when all
+ranks share one host; ``MASTER_PORT`` or a free port), else from ``MASTER_ADDR``/``MASTER_PORT``
+(torchrun), else from the scheduler's first host (the Slurm step's node list, PBS's ``PBS_NODEFILE``).
+Backends: gloo on CPU, nccl on CUDA and ROCm, xccl (torch >= 2.8) else ccl (oneCCL bindings) on XPU,
+else an error. ``torch.distributed`` is initialised only when the world has more than one rank.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +63,9 @@ class Launch:
     world_size: int = 1
     local_rank: int = 0
     scheduler: str | None = None  # slurm, pbs or None
-    master_addr: str | None = None  # from the environment (torchrun, Slurm or PBS node list), if known
-    master_port: int | None = None
+    master_addr: str | None = None  # MASTER_ADDR, if set
+    master_port: int | None = None  # MASTER_PORT, if set
+    scheduler_host: str | None = None  # first host of the Slurm step / job or of PBS_NODEFILE, if known
 
 
 def _int(env: Mapping[str, str], *names: str) -> int | None:
@@ -96,7 +102,7 @@ def _scheduler(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _scheduler_master(env: Mapping[str, str], scheduler: str | None) -> str | None:
+def _scheduler_host(env: Mapping[str, str], scheduler: str | None) -> str | None:
     if scheduler == "slurm":
         return first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "")
     if scheduler == "pbs" and env.get("PBS_NODEFILE"):
@@ -117,13 +123,13 @@ def detect_launch(env: Mapping[str, str] | None = None, *, modules: Mapping[str,
     env = os.environ if env is None else env
     modules = sys.modules if modules is None else modules
     scheduler = _scheduler(env)
-    addr, port = env.get("MASTER_ADDR") or None, _int(env, "MASTER_PORT")
-    fallback_addr = addr or _scheduler_master(env, scheduler)
+    where = {"scheduler": scheduler, "master_addr": env.get("MASTER_ADDR") or None,
+             "master_port": _int(env, "MASTER_PORT"), "scheduler_host": _scheduler_host(env, scheduler)}
 
     def make(launcher: str, rank: int, size: int, local: int | None) -> Launch:
         if size < 1 or not 0 <= rank < size:
             raise RuntimeError(f"{launcher} launch: rank {rank} is outside a world of size {size}")
-        return Launch(launcher, rank, size, rank if local is None else local, scheduler, fallback_addr, port)
+        return Launch(launcher, rank, size, rank if local is None else local, **where)
 
     if "RANK" in env and "WORLD_SIZE" in env:
         return make("torchrun", _int(env, "RANK") or 0, _int(env, "WORLD_SIZE") or 1, _int(env, "LOCAL_RANK"))
@@ -137,25 +143,45 @@ def detect_launch(env: Mapping[str, str] | None = None, *, modules: Mapping[str,
         return make("pals", _int(env, "PALS_RANKID") or 0, size, _int(env, "PALS_LOCAL_RANKID", "PMI_LOCAL_RANK"))
     if "PMI_RANK" in env and "PMI_SIZE" in env:
         return make("mpich", _int(env, "PMI_RANK") or 0, _int(env, "PMI_SIZE") or 1,
-                    _int(env, "MPI_LOCALRANKID", "PMI_LOCAL_RANK"))
+                    _int(env, "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID"))
     if "MV2_COMM_WORLD_RANK" in env:
         return make("mvapich", _int(env, "MV2_COMM_WORLD_RANK") or 0, _int(env, "MV2_COMM_WORLD_SIZE") or 1,
                     _int(env, "MV2_COMM_WORLD_LOCAL_RANK"))
     if "PMIX_RANK" in env:
-        size = _int(env, "PMIX_SIZE", "SLURM_NTASKS")
+        size = _int(env, "PMIX_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
         if size is None:
             size = _mpi_size(modules, required="PMIx")
         return make("pmix", _int(env, "PMIX_RANK") or 0, size, _int(env, "PMIX_LOCAL_RANK", "SLURM_LOCALID"))
-    if "SLURM_PROCID" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
-        step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", ""))
-        if step not in ("batch", "extern", "interactive", "4294967294", "4294967292", "4294967291"):
-            return make("slurm", _int(env, "SLURM_PROCID") or 0, _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") or 1,
-                        _int(env, "SLURM_LOCALID"))
+    if "SLURM_PROCID" in env and _srun_step(env):
+        return make("slurm", _int(env, "SLURM_PROCID") or 0, _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") or 1,
+                    _int(env, "SLURM_LOCALID"))
     if "mpi4py.MPI" in modules:
-        comm = modules["mpi4py.MPI"].COMM_WORLD
+        mpi = modules["mpi4py.MPI"]
         launcher = "ipyparallel" if "ipyparallel" in modules else "mpi4py"
-        return make(launcher, comm.Get_rank(), comm.Get_size(), None)
-    return Launch("single", 0, 1, 0, scheduler, fallback_addr, port)
+        return make(launcher, mpi.COMM_WORLD.Get_rank(), mpi.COMM_WORLD.Get_size(), _node_local_rank(mpi))
+    return Launch("single", **where)
+
+
+def _node_local_rank(mpi: Any) -> int | None:
+    """This rank's index among the ranks on its node (a shared-memory split; collective)."""
+    kind = getattr(mpi, "COMM_TYPE_SHARED", None)
+    if kind is None or mpi.COMM_WORLD.Get_size() == 1:
+        return None
+    node = mpi.COMM_WORLD.Split_type(kind)
+    try:
+        return node.Get_rank()
+    finally:
+        node.Free()
+
+
+#: Slurm's largest ordinary step ID; above it are the reserved batch, extern, interactive and pending steps.
+SLURM_MAX_NORMAL_STEP_ID = 0xFFFFFFF0
+
+
+def _srun_step(env: Mapping[str, str]) -> bool:
+    """Whether this process is a task of a step that srun launched (not the batch or interactive shell)."""
+    step = _int(env, "SLURM_STEP_ID", "SLURM_STEPID")
+    return step is not None and 0 <= step <= SLURM_MAX_NORMAL_STEP_ID
 
 
 def _mpi_size(modules: Mapping[str, Any], required: str) -> int:
@@ -262,17 +288,17 @@ def _master_via_mpi(launch: Launch) -> tuple[str, int] | None:
     if comm.Get_size() != launch.world_size:
         return None
     hosts = comm.allgather(socket.gethostname())
-    if comm.Get_rank() == 0:
-        if launch.master_addr:
-            addr = launch.master_addr
-        elif len(set(hosts)) == 1:
-            addr = "127.0.0.1"
-        else:
-            addr = hosts[0]
-        chosen = (addr, launch.master_port or _free_port())
-    else:
-        chosen = None
+    chosen = (master_host(launch, hosts), launch.master_port or _free_port()) if comm.Get_rank() == 0 else None
     return comm.bcast(chosen, root=0)
+
+
+def master_host(launch: Launch, hosts: list[str]) -> str:
+    """The process group's address, chosen on rank 0 from every rank's host name: ``MASTER_ADDR`` if set,
+    127.0.0.1 when all ranks share one host, else rank 0's own host (never the scheduler's first node,
+    which need not be where rank 0 runs)."""
+    if launch.master_addr:
+        return launch.master_addr
+    return "127.0.0.1" if len(set(hosts)) == 1 else hosts[0]
 
 
 @dataclass
@@ -303,23 +329,25 @@ class Distributed:
 
     def allreduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over ranks in place (bfloat16 travels as float32); returns it."""
-        if self.world_size == 1:
-            return tensor
         import torch.distributed as dist
 
-        if tensor.dtype == torch.bfloat16:
-            wide = tensor.float()
-            dist.all_reduce(wide)
-            tensor.copy_(wide)
-        else:
-            dist.all_reduce(tensor)
-        return tensor
+        return self._collective(tensor, dist.all_reduce)
 
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-        if self.world_size > 1:
-            import torch.distributed as dist
+        """Rank ``src``'s ``tensor`` on every rank, in place (bfloat16 travels as float32); returns it."""
+        import torch.distributed as dist
 
-            dist.broadcast(tensor, src)
+        return self._collective(tensor, lambda t: dist.broadcast(t, src))
+
+    def _collective(self, tensor: torch.Tensor, op: Callable[[torch.Tensor], Any]) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        if tensor.dtype == torch.bfloat16:  # not every backend (gloo) reduces bfloat16
+            wide = tensor.float()
+            op(wide)
+            tensor.copy_(wide)
+        else:
+            op(tensor)
         return tensor
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -386,7 +414,7 @@ def init_distributed(device: str = "auto", *, timeout_s: float = 1800.0, env: Ma
         return Distributed(launch, chosen, dist.get_backend())
     master = _master_via_mpi(launch)
     if master is None:
-        addr = launch.master_addr
+        addr = launch.master_addr or launch.scheduler_host
         if addr is None:
             raise RuntimeError(
                 f"{launch.launcher} launch of {launch.world_size} ranks: no master address (set MASTER_ADDR and "

@@ -7,14 +7,23 @@ counts are summed over ranks before the backward pass and the gradients after it
 exactly the step one rank would take with the whole batch. Validation, best/last checkpoints and the
 saved weights use the exponential moving average (EMA) of the weights.
 
+Gradients are summed over ranks by hand, as one flat tensor and one ``all_reduce``, instead of
+wrapping the model in ``torch.nn.parallel.DistributedDataParallel``: forces are ``-dE/dx`` taken with
+``create_graph=True``, so the loss back-propagates through a double backward, which DDP's
+gradient-bucket hooks do not support; ranks whose slice of a batch is empty still join with zeros; and
+the sum (not DDP's mean) is what the global-count normalisation needs. Gradient clipping then acts on
+the global gradient. Under bf16-pure the optimiser steps on float32 master weights
+(:class:`gfmkit.train.state.Weights`).
+
 A run directory holds (see gfmkit.rundir)::
 
     config.yaml, run.json (precision policy, launch, devices, registry), registry.json,
     metrics.jsonl (phase train / val / event records), checkpoints/last.pt, checkpoints/best.pt
 
-``last.pt`` carries the full training state as plain data and tensors (raw weights, optimiser,
-schedule, EMA, sampler position, every rank's RNG states, step, best loss), so ``resume="auto"``
-continues bit for bit where it stopped (tested in float64 on CPU against an uninterrupted run).
+``last.pt`` carries the full training state as plain data and tensors (raw weights, float32 masters
+under bf16-pure, optimiser, schedule, EMA, sampler position, every rank's RNG states, step, best
+loss), so ``resume="auto"`` continues bit for bit where it stopped (tested in float64 on CPU against
+an uninterrupted run, with and without DataLoader workers).
 """
 
 from __future__ import annotations
@@ -23,13 +32,11 @@ import contextlib
 import json
 import math
 import os
-import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -45,7 +52,7 @@ from gfmkit.models.config import HeadConfig, ModelConfig
 from gfmkit.models.multihead import MultiHeadPaiNN
 from gfmkit.precision import check_supported, get_policy, precision_scope
 from gfmkit.rundir import RunDir
-from gfmkit.train.config import ScheduleConfig, TrainConfig, load_train_config
+from gfmkit.train.config import TrainConfig, load_train_config
 from gfmkit.train.distributed import Distributed, init_distributed
 from gfmkit.train.loss import (
     TERMS,
@@ -56,7 +63,15 @@ from gfmkit.train.loss import (
     term_weights,
     wants_stress,
 )
-from gfmkit.train.signals import StopRequest
+from gfmkit.train.signals import StopRequest, ignore_stop_signals, stop_deadline
+from gfmkit.train.state import (
+    EMA,
+    Schedule,
+    Weights,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 log = get_logger(__name__)
 
@@ -67,89 +82,6 @@ ERROR_NAMES = ("energy_mae", "forces_mae", "stress_mae", "property_mae")
 
 class TrainingError(RuntimeError):
     """A run cannot start or resume (occupied run directory, checkpoint without training state, ...)."""
-
-
-# -- small state holders (plain-data state dicts) ----------------------------------------------------
-
-
-class EMA:
-    """Exponential moving average of the parameters, with the usual warm-up of the decay
-    (``min(decay, (1 + n) / (10 + n))`` after n updates), so early averages are not stuck at the init."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay, self.updates = float(decay), 0
-        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, p in model.named_parameters():
-            self.shadow[name].lerp_(p.detach(), 1.0 - decay)
-
-    @contextlib.contextmanager
-    def applied(self, model: torch.nn.Module) -> Iterator[None]:
-        """Run the block with the averaged weights in ``model``; the raw weights come back after."""
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            backup = {name: p.detach().clone() for name, p in params.items()}
-            for name, p in params.items():
-                p.copy_(self.shadow[name])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(backup[name])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "updates": self.updates, "shadow": dict(self.shadow)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.decay, self.updates = float(state["decay"]), int(state["updates"])
-        for name, value in state["shadow"].items():
-            self.shadow[name].copy_(value)
-
-
-class Schedule:
-    """Learning rate per step: linear warm-up, then cosine to ``min_lr_ratio`` over ``total_steps``, a
-    plateau factor applied after ``patience`` validations without improvement, or constant."""
-
-    def __init__(self, config: ScheduleConfig, base_lr: float, total_steps: int):
-        self.config, self.base_lr, self.total_steps = config, base_lr, max(1, total_steps)
-        self.plateau_scale, self.best, self.bad = 1.0, math.inf, 0
-
-    def lr(self, step: int) -> float:
-        """Learning rate of the step with 0-based index ``step``."""
-        c = self.config
-        if c.warmup_steps and step < c.warmup_steps:
-            factor = (step + 1) / c.warmup_steps
-        elif c.kind == "cosine":
-            progress = min(1.0, max(0.0, (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)))
-            factor = c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        else:
-            factor = 1.0
-        return self.base_lr * factor * self.plateau_scale
-
-    def on_validation(self, loss: float) -> bool:
-        """Record a validation loss; True when the plateau schedule just lowered the rate."""
-        if self.config.kind != "plateau" or not math.isfinite(loss):
-            return False
-        if loss < self.best * (1 - self.config.threshold):
-            self.best, self.bad = loss, 0
-            return False
-        self.bad += 1
-        if self.bad >= self.config.patience:
-            self.plateau_scale *= self.config.factor
-            self.bad = 0
-            return True
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad": self.bad}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.plateau_scale, self.best, self.bad = float(state["plateau_scale"]), float(state["best"]), int(state["bad"])
 
 
 class CachedGraphs(torch.utils.data.Dataset):
@@ -166,30 +98,6 @@ class CachedGraphs(torch.utils.data.Dataset):
         if graph is None:
             graph = self.cache[k] = self.dataset[k]
         return graph
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's torch, numpy and Python RNG states as plain data and tensors."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # -- the trainer --------------------------------------------------------------------------------------
@@ -209,6 +117,7 @@ class Trainer:
         callback: Callable[[dict[str, Any]], None] | None = None,
         dist: Distributed | None = None,
     ):
+        self.started = time.time()  # the wall-time budget counts from here (data loading included)
         self.config = config = load_train_config(config)
         self.callback = callback
         self.dist = dist or init_distributed(config.device)
@@ -221,62 +130,27 @@ class Trainer:
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.is_main = self.dist.is_main
         checkpoint = self._resume_path(resume)
-        state = read_checkpoint(checkpoint, map_location=self.device) if checkpoint else None
-        if state is not None and "training" not in state:
-            raise TrainingError(f"{checkpoint}: holds weights only (no training state); resume from {LAST}")
+        if checkpoint is None and (self.run.checkpoints / LAST).exists():
+            raise TrainingError(f"{self.run.path} already holds a run ({LAST}); pass resume='auto' or use a new directory")
+        state = self._read_resume_state(checkpoint)
 
-        # data: stores, registry (the checkpoint's when resuming), graphs in the policy's sensitive dtype
-        registry = DatasetRegistry(state["registry"]) if state is not None and "registry" in state else None
-        self.stores = open_stores(config.data.stores, registry=registry, preload=config.data.preload)
-        dtype = self.policy.sensitive_dtype
-        self.train_set = GraphDataset(self.stores, config.model.cutoff, split=config.data.train_split, dtype=dtype)
-        if len(self.train_set) == 0:
-            raise TrainingError(f"no structures in split {config.data.train_split!r} of {config.data.stores}")
-        self.val_set = None
-        if config.data.val_split:
-            val = GraphDataset(self.stores, config.model.cutoff, split=config.data.val_split, dtype=dtype,
-                               property_names=self.train_set.property_names)
-            self.val_set = val if len(val) else None
-
-        # model: fitted head statistics on a fresh run, the checkpoint's heads on resume
-        if state is None:
-            torch.manual_seed(config.seed)
-            model = build_model(config.model, self.stores, split=config.data.train_split)
-        else:
-            saved = load_config(ModelConfig, state["config"], where=f"{checkpoint} (config)")
-            if saved != config.model:
-                log.warning("resuming with the checkpoint's model config %s (the config file says %s)", saved, config.model)
-            model = MultiHeadPaiNN(saved, [load_config(HeadConfig, h, where=str(checkpoint)) for h in state["heads"]])
-        missing = [name for name in self.stores.registry.names if name not in model.head_names]
-        if missing:
-            raise TrainingError(f"dataset(s) {missing} have no head in the model (heads: {model.head_names})")
-        self.model = model.to(self.device).to(self.policy.param_dtype)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._open_data(state)
+        self.model = self._build_model(state, checkpoint)
         self._broadcast_parameters()
+        # fp32 masters under bf16-pure, made after the broadcast so every rank starts from rank 0's weights
+        self.weights = Weights(self.model, torch.float32 if self.policy.param_dtype == torch.bfloat16 else None)
+        _check_dataset_names("loss.datasets", config.loss.datasets, self.model.head_names)
         self.heads = HeadTable.from_model(self.model, self.train_set.property_names, config.loss.datasets)
         self.any_forces = bool(self.heads.is_energy.any())
-
-        # sampler, loader, optimiser, schedule, EMA
-        names = self.model.head_names
-        weights = {names.index(k): v for k, v in config.sampler.weights.items() if k in names}
-        unknown = sorted(set(config.sampler.weights) - set(names))
-        if unknown:
-            raise TrainingError(f"sampler.weights names unknown dataset(s) {unknown}; datasets: {names}")
-        mixer = DatasetMixer(self.train_set.head, strategy=config.sampler.strategy, temperature=config.sampler.temperature,
-                             weights=weights or None, num_samples=config.sampler.samples_per_epoch, seed=config.seed)
-        edges = self.train_set.edge_counts() if config.sampler.max_edges is not None else None
-        self.sampler = GlobalBatchSampler(mixer, self.train_set.natoms, batch_size=config.sampler.batch_size,
-                                          max_atoms=config.sampler.max_atoms, max_edges=config.sampler.max_edges,
-                                          edges=edges, rank=self.dist.rank, world_size=self.dist.world_size)
-        source = CachedGraphs(self.train_set) if config.data.cache_graphs else self.train_set
-        self.loader = make_loader(source, self.sampler, num_workers=config.data.num_workers)
+        self._build_loader()
         opt = config.optimizer
-        self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.weights.params, lr=opt.lr, betas=opt.betas, eps=opt.eps,
+                                           weight_decay=opt.weight_decay)
         self.batches_per_epoch = len(self.sampler)
         totals = [t for t in (config.max_steps, None if config.max_epochs is None else config.max_epochs * self.batches_per_epoch) if t]
         self.total_steps = min(totals)
         self.schedule = Schedule(config.schedule, opt.lr, self.total_steps)
-        self.ema = EMA(self.model, opt.ema_decay) if opt.ema_decay is not None else None
+        self.ema = EMA(self.weights.named(), opt.ema_decay) if opt.ema_decay is not None else None
 
         # counters and bookkeeping
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -290,17 +164,78 @@ class Trainer:
         self._reset_interval()
         if state is not None:
             self._load_training_state(state, checkpoint)
-        elif (self.run.checkpoints / LAST).exists():
-            raise TrainingError(f"{self.run.path} already holds a run ({LAST}); pass resume='auto' or use a new directory")
         if self.is_main:
             self._write_run_files(resumed_from=checkpoint)
+
+    def _read_resume_state(self, checkpoint: Path | None) -> dict[str, Any] | None:
+        if checkpoint is None:
+            return None
+        state = read_checkpoint(checkpoint, map_location=self.device)
+        if "training" not in state:
+            raise TrainingError(f"{checkpoint}: holds weights only (no training state); resume from {LAST}")
+        saved = state["training"].get("precision")
+        if saved != self.policy.name:
+            raise TrainingError(f"{checkpoint} was trained with precision {saved}, the config says {self.policy.name}: "
+                                "resume with the same precision (or fine-tune from its weights in a new run)")
+        return state
+
+    def _open_data(self, state: dict[str, Any] | None) -> None:
+        """Stores (with the checkpoint's registry when resuming) and the train/val graph datasets, in the
+        policy's sensitive dtype."""
+        config = self.config
+        registry = DatasetRegistry(state["registry"]) if state is not None and "registry" in state else None
+        self.stores = open_stores(config.data.stores, registry=registry, preload=config.data.preload)
+        dtype = self.policy.sensitive_dtype
+        self.train_set = GraphDataset(self.stores, config.model.cutoff, split=config.data.train_split, dtype=dtype)
+        if len(self.train_set) == 0:
+            raise TrainingError(f"no structures in split {config.data.train_split!r} of {config.data.stores}")
+        self.val_set = None
+        if config.data.val_split:
+            val = GraphDataset(self.stores, config.model.cutoff, split=config.data.val_split, dtype=dtype,
+                               property_names=self.train_set.property_names)
+            self.val_set = val if len(val) else None
+
+    def _build_model(self, state: dict[str, Any] | None, checkpoint: Path | None) -> MultiHeadPaiNN:
+        """Fitted head statistics on a fresh run, the checkpoint's heads on resume; in the policy's dtype."""
+        config = self.config
+        if state is None:
+            seed_everything(config.seed)
+            model = build_model(config.model, self.stores, split=config.data.train_split)
+        else:
+            saved = load_config(ModelConfig, state["config"], where=f"{checkpoint} (config)")
+            if saved != config.model:
+                log.warning("resuming with the checkpoint's model config %s (the config file says %s)", saved, config.model)
+            model = MultiHeadPaiNN(saved, [load_config(HeadConfig, h, where=str(checkpoint)) for h in state["heads"]])
+        missing = [name for name in self.stores.registry.names if name not in model.head_names]
+        if missing:
+            raise TrainingError(f"dataset(s) {missing} have no head in the model (heads: {model.head_names})")
+        return model.to(self.device).to(self.policy.param_dtype)
+
+    def _build_loader(self) -> None:
+        """The imbalance-aware global-batch sampler (this rank's slices) and the DataLoader over it."""
+        config = self.config
+        names = self.model.head_names
+        _check_dataset_names("sampler.weights", config.sampler.weights, names)
+        weights = {names.index(k): v for k, v in config.sampler.weights.items()}
+        mixer = DatasetMixer(self.train_set.head, strategy=config.sampler.strategy, temperature=config.sampler.temperature,
+                             weights=weights or None, num_samples=config.sampler.samples_per_epoch, seed=config.seed)
+        edges = self.train_set.edge_counts() if config.sampler.max_edges is not None else None
+        self.sampler = GlobalBatchSampler(mixer, self.train_set.natoms, batch_size=config.sampler.batch_size,
+                                          max_atoms=config.sampler.max_atoms, max_edges=config.sampler.max_edges,
+                                          edges=edges, rank=self.dist.rank, world_size=self.dist.world_size)
+        source = CachedGraphs(self.train_set) if config.data.cache_graphs else self.train_set
+        self.loader = make_loader(source, self.sampler, num_workers=config.data.num_workers)
+        # The loader draws its workers' base seed from this generator, not from the global torch RNG,
+        # which every new iterator (each epoch, and again after a resume) would otherwise advance.
+        self.loader.generator = torch.Generator().manual_seed(config.seed)
+        self.loader.worker_init_fn = ignore_stop_signals
 
     # -- public -------------------------------------------------------------------------------------
     def fit(self) -> pd.DataFrame:
         """Train until max_steps/max_epochs, early stopping, a signal or the wall time; the metrics table."""
         config = self.config
         try:
-            with StopRequest(wall_time=config.wall_time, margin=config.stop_margin) as stop:
+            with StopRequest(deadline=stop_deadline(config.wall_time, self.started), margin=config.stop_margin) as stop:
                 self._emit({"phase": "event", "event": "resume" if self.step else "start", "step": self.step,
                             "epoch": self.epoch, **self._describe()})
                 self._loop(stop)
@@ -339,7 +274,7 @@ class Trainer:
                     stats = self._train_step(batch, stop)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    self._after_step(stats, data_seconds, stop)
+                    self._after_step(stats, data_seconds)
                     bar.update(1)
                     if show:
                         bar.set_postfix(loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.2e}")
@@ -347,7 +282,9 @@ class Trainer:
                         break
                     waited = time.perf_counter()
                 bar.close()
-                if self.batch_in_epoch >= self.batches_per_epoch or self.sampler.state_dict()["epoch"] > self.epoch:
+                # the trainer's own count decides: with workers the sampler runs ahead (prefetch) and may
+                # already have finished the epoch when a stop breaks the loop
+                if self.batch_in_epoch >= self.batches_per_epoch:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     self.batches_per_epoch = len(self.sampler.global_batches(self.epoch))
                     epochs.update(1)
@@ -356,64 +293,62 @@ class Trainer:
 
     def _train_step(self, batch, stop: StopRequest) -> dict[str, Any]:
         started = time.perf_counter()
-        self.model.train()
-        n_heads = self.heads.n
-        if batch is not None:
-            batch = batch.to(self.device)
-            with precision_scope(self.policy, self.device):
-                out = self.model(batch, forces=self.any_forces, stress=wants_stress(batch, self.config.loss), training=True)
-                sums, counts = loss_parts(out, batch, self.heads, self.config.loss)
-            structures, atoms = float(batch.natoms.numel()), float(batch.natoms.sum())
-        else:
-            sums = torch.zeros(n_heads, len(TERMS), dtype=torch.float64, device=self.device)
-            counts = torch.zeros_like(sums)
-            structures = atoms = 0.0
+        sums, counts, sizes = self._local_loss(batch)
         # one collective for the global counts, the stop flag (a step boundary all ranks reach) and sizes
         flag = float(stop.check(self._step_seconds))
-        shared = torch.cat([counts.flatten(), torch.tensor([flag, structures, atoms], dtype=torch.float64, device=self.device)])
+        shared = torch.cat([counts.flatten(), torch.tensor([flag, *sizes], dtype=torch.float64, device=self.device)])
         waited = time.perf_counter()
         self.dist.allreduce_(shared)
         comm = time.perf_counter() - waited
         global_counts = shared[: counts.numel()].view_as(counts)
         if shared[-3] > 0 and self.stop_reason is None:
             self.stop_reason = stop.reason or "signal on another rank"
-        lr = self.schedule.lr(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        if batch is not None and sums.requires_grad:
-            combine(sums, global_counts, self.heads, self.config.loss).backward()
-        waited = time.perf_counter()
-        self._allreduce_gradients()
-        comm += time.perf_counter() - waited
-        clip = self.config.optimizer.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else math.inf)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        lr, grad_norm, seconds = self._optimizer_step(sums, global_counts)
+        comm += seconds
         waited = time.perf_counter()
         global_sums = self.dist.allreduce_(sums.detach().clone())
         comm += time.perf_counter() - waited
         loss = float(combine(global_sums, global_counts, self.heads, self.config.loss))
         seconds = time.perf_counter() - started
-        self._step_seconds = max(0.9 * self._step_seconds, seconds)
-        return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "sums": global_sums, "counts": global_counts,
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "sums": global_sums, "counts": global_counts,
                 "structures": float(shared[-2]), "atoms": float(shared[-1]), "compute_s": seconds, "comm_s": comm}
 
-    def _allreduce_gradients(self) -> None:
-        """Sum gradients over ranks (each rank's loss is already divided by the global counts)."""
-        if self.dist.world_size == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        self.dist.allreduce_(flat)
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
+    def _local_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
+        """This rank's (loss sums, counts) per head and term and its (structures, atoms); zeros for an
+        empty slice."""
+        self.model.train()
+        if batch is None:
+            sums = torch.zeros(self.heads.n, len(TERMS), dtype=torch.float64, device=self.device)
+            return sums, torch.zeros_like(sums), (0.0, 0.0)
+        batch = batch.to(self.device)
+        with precision_scope(self.policy, self.device):
+            out = self.model(batch, forces=self.any_forces, stress=wants_stress(batch, self.config.loss), training=True)
+            sums, counts = loss_parts(out, batch, self.heads, self.config.loss)
+        return sums, counts, (float(batch.natoms.numel()), float(batch.natoms.sum()))
 
-    def _after_step(self, stats: dict[str, Any], data_seconds: float, stop: StopRequest) -> None:
+    def _optimizer_step(self, sums: torch.Tensor, global_counts: torch.Tensor) -> tuple[float, float, float]:
+        """Backward of this rank's share of the global loss, gradient sum over ranks, clipping of the
+        global gradient, AdamW, EMA; returns (lr, grad norm before clipping, seconds in the all-reduce)."""
+        lr = self.schedule.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        if sums.requires_grad:
+            combine(sums, global_counts, self.heads, self.config.loss).backward()
+        flat = self.weights.flat_gradients()
+        waited = time.perf_counter()
+        self.dist.allreduce_(flat)  # a sum: each rank's loss is already divided by the global counts
+        comm = time.perf_counter() - waited
+        self.weights.set_gradients(flat)
+        clip = self.config.optimizer.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.weights.params, clip if clip is not None else math.inf)
+        self.optimizer.step()
+        self.weights.push()
+        if self.ema is not None:
+            self.ema.update(self.weights.named())
+        return lr, float(grad_norm), comm
+
+    def _after_step(self, stats: dict[str, Any], data_seconds: float) -> None:
         c = self.config
         acc = self._interval
         acc["sums"] += stats["sums"]
@@ -422,11 +357,14 @@ class Trainer:
             acc[key] += stats[key]
         acc["data_s"] += data_seconds
         acc["steps"] += 1
+        # a slowly forgetting maximum of the step time: what the deadline check expects the next step to take
+        self._step_seconds = max(0.9 * self._step_seconds, stats["compute_s"] + data_seconds)
         acc["last"] = stats
         last_step = self._done()
         if self.step % c.log_every == 0 or last_step or self.stop_reason is not None:
             self._log_interval()
-        if self.val_set is not None and (self.step % c.validate_every == 0 or last_step):
+        stopping = self.stop_reason is not None  # a signal or the deadline: save first, validate after resuming
+        if self.val_set is not None and not stopping and (self.step % c.validate_every == 0 or last_step):
             self._validate()
         if self.step % c.checkpoint_every == 0 or self.stop_reason is not None:
             self._save(self.run.checkpoints / LAST, training_state=True)
@@ -515,6 +453,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "master": self.weights.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -556,6 +495,7 @@ class Trainer:
     def _load_training_state(self, state: dict[str, Any], path: Path | None) -> None:
         tr = state["training"]
         self.model.load_state_dict(tr["model"])
+        self.weights.load_state_dict(tr.get("master"))
         self.optimizer.load_state_dict(tr["optimizer"])
         self.schedule.load_state_dict(tr["schedule"])
         if self.ema is not None and tr.get("ema") is not None:
@@ -586,9 +526,10 @@ class Trainer:
     def _describe(self) -> dict[str, Any]:
         return {
             "precision": self.policy.name,
-            "param_dtype": str(self.policy.param_dtype).removeprefix("torch."),
-            "compute_dtype": str(self.policy.compute_dtype).removeprefix("torch."),
-            "sensitive_dtype": str(self.policy.sensitive_dtype).removeprefix("torch."),
+            "param_dtype": _dtype_name(self.policy.param_dtype),
+            "compute_dtype": _dtype_name(self.policy.compute_dtype),
+            "sensitive_dtype": _dtype_name(self.policy.sensitive_dtype),
+            "optimizer_dtype": _dtype_name(self.weights.dtype),
             **self.dist.describe(),
         }
 
@@ -603,7 +544,7 @@ class Trainer:
             "registry": list(self.stores.registry.names),
             "train_structures": len(self.train_set),
             "val_structures": 0 if self.val_set is None else len(self.val_set),
-            "parameters": sum(p.numel() for p in self.params),
+            "parameters": sum(p.numel() for p in self.weights.params),
             "total_steps": self.total_steps,
             "resumed_from": None if resumed_from is None else str(resumed_from),
         }
@@ -617,6 +558,16 @@ class Trainer:
             log.info("%s step %d: loss %.5g", record["phase"], record["step"], record.get("loss", float("nan")))
         if self.callback is not None:
             self.callback(record)
+
+
+def _check_dataset_names(section: str, given: Mapping[str, float], names: list[str]) -> None:
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise TrainingError(f"{section} names unknown dataset(s) {unknown}; datasets: {names}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _cpu_autocast_bf16() -> bool:
