@@ -24,6 +24,9 @@ def atomic_path(final: str | os.PathLike, *, overwrite: bool = True) -> Iterator
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)) / final.name
     try:
         yield tmp
+        if tmp.is_file():  # on disk before the rename, so a node crash cannot leave a truncated file
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         replace_path(tmp, final)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)

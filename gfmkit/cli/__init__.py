@@ -11,6 +11,7 @@ from gfmkit.cli import cluster as cluster_cli
 from gfmkit.cli import data as data_cli
 from gfmkit.cli import demo as demo_cli
 from gfmkit.cli import kernel as kernel_cli
+from gfmkit.cli import scaling as scaling_cli
 from gfmkit.cli import train as train_cli
 from gfmkit.cli.common import CLIError, fail
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_not_built(name, where))
     cluster_cli.add_parser(sub)
     kernel_cli.add_parser(sub)
+    scaling_cli.add_parser(sub)
     demo_cli.add_parser(sub)
     return parser
 

@@ -1,6 +1,7 @@
 """``gfmkit cluster``: machine profiles and the batch scripts made from them.
 
     gfmkit cluster profiles
+    gfmkit cluster running | stop [CLUSTER_ID ...]
     gfmkit cluster script --profile frontier --nodes 2 --account ABC123 -- gfmkit train train.yaml
 """
 
@@ -47,7 +48,32 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     script.add_argument("--output", type=Path, help="write the script here (atomically) instead of printing it")
     script.add_argument("program", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     script.set_defaults(func=run_script)
+
+    running = actions.add_parser("running", help="list gfmkit engine clusters that are running (started with persist=True)")
+    running.set_defaults(func=run_running)
+    stop = actions.add_parser("stop", help="stop running gfmkit engine clusters and every process they started")
+    stop.add_argument("cluster_ids", nargs="*", metavar="CLUSTER_ID", help="default: all gfmkit clusters")
+    stop.set_defaults(func=run_stop)
     return actions
+
+
+def run_running(args: argparse.Namespace) -> int:
+    from gfmkit.cluster.engines import running
+
+    table = running()
+    if len(table):
+        print_table(table.drop(columns=["cluster_file"]))
+    else:
+        print("no gfmkit cluster is running")
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    from gfmkit.cluster.engines import stop_clusters
+
+    stopped = stop_clusters(args.cluster_ids or None)
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing"))
+    return 0
 
 
 def run_profiles(args: argparse.Namespace) -> int:
