@@ -368,7 +368,7 @@ def start(
 
     ``nodes`` defaults to 1 (``local``, ``batch``) or every node of the job (``allocation``);
     ``ranks_per_node`` to the profile's. ``threads_per_engine`` sets OMP/MKL threads (local default:
-    the cores shared out evenly, with login-node caps). ``account``, ``queue`` and ``walltime`` go
+    the cores shared out evenly, with login-node caps; on a site: the profile's cores per rank). ``account``, ``queue`` and ``walltime`` go
     into the engines' job (``batch``). ``persist=True`` keeps the engines when this Python process
     ends, for :func:`attach`. ``timeout`` bounds the wait for every engine to connect (default 120 s;
     ``batch``: one hour, for the queue). Returns an :class:`EngineCluster` (a context manager).
@@ -383,6 +383,8 @@ def start(
     n = values["ranks"]
     if mode == "local":
         threads_per_engine = local_limits(n, threads_per_engine)
+    elif threads_per_engine is None:  # on compute nodes: the cores the launcher binds to each rank
+        threads_per_engine = values.get("cpus_per_rank")
     cluster_id = cluster_id or f"{CLUSTER_PREFIX}{profile.name}-{secrets.token_hex(4)}"
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", cluster_id):
         raise ValueError(f"cluster_id {cluster_id!r}: use letters, digits, '_', '.', '-'")
