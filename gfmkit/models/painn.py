@@ -68,7 +68,12 @@ class PaiNNEncoder(nn.Module):
         weight = torch.cat([self.filters.weight, self.filters.bias[:, None]], dim=1)
         if not torch.is_autocast_enabled():
             basis = basis.to(weight.dtype)
-        filters = [nn.functional.linear(basis, w).to(stream) for w in torch.split(weight, 3 * F)]
+        # per layer: the filters of the scalar and direction terms (E, 2F) and of the v_j term (E, F)
+        # (layer 0 has no v_j term: vector features start at zero)
+        filters = []
+        for layer, (w_s, w_vv, w_vs) in enumerate(w.split(F) for w in torch.split(weight, 3 * F)):
+            filters.append((nn.functional.linear(basis, w_s).to(stream), nn.functional.linear(basis, w_vs).to(stream),
+                            nn.functional.linear(basis, w_vv).to(stream) if layer > 0 else None))
         # the unit vectors widened once to (E, 3, F): a product broadcasting along the innermost
         # dimension does not vectorise (measured 5x slower than with a contiguous operand)
         unit_wide = unit[:, :, None].expand(-1, -1, F).contiguous()
@@ -79,12 +84,15 @@ class PaiNNEncoder(nn.Module):
             s = s + run_linear(self.condition, condition.to(stream))
         v = torch.zeros(len(z), 3, F, dtype=stream, device=vectors.device)
         for layer in range(self.layers):
-            # message: continuous filters on neighbour scalars, vectors rotated along the edge
-            x = run_linear(self.message[layer], s).index_select(0, j) * filters[layer]
-            ds, dvv, dvs = torch.split(x, F, dim=1)
+            # message: continuous filters on neighbour scalars, vectors rotated along the edge. The v_j
+            # term phi_vv_j * W_vv * v_j multiplies phi_vv into v per atom, before the gather.
+            phi_s, phi_vv, phi_vs = run_linear(self.message[layer], s).split(F, dim=1)
+            w_s, w_vs, w_vv = filters[layer]
+            ds = phi_s.index_select(0, j) * w_s
+            dvs = phi_vs.index_select(0, j) * w_vs
             dv = dvs[:, None, :] * unit_wide
             if layer > 0:  # vector features start at zero: the first layer has no v_j term
-                dv = torch.addcmul(dv, v.index_select(0, j), dvv[:, None, :])
+                dv = torch.addcmul(dv, (v * phi_vv[:, None, :]).index_select(0, j), w_vv[:, None, :])
             s = s.index_add(0, i, ds)
             v = v.index_add(0, i, dv)
             # update: mix scalar and vector channels within each atom
