@@ -1,12 +1,15 @@
 """The PaiNN encoder (Schütt, Unke, Gastegger, ICML 2021): scalar and vector features, message and
 update blocks, a sine radial basis with a cosine cutoff.
 
-Implementation notes (measured on CPU, see shared PERFORMANCE.md): one fused filter network maps the
-radial basis to every layer's filters at once; gathers use ``index_select`` and scatters
-``index_add`` (advanced-indexing backward is ~7x slower). Features flow in a *stream* dtype (the edge
-vectors' dtype: float64 or float32), while linear layers run in the parameters' dtype (bfloat16 under
-``bf16-pure``, or autocast's), so scatter sums and the residual stream stay >= float32.
-"""
+Implementation notes (measured on CPU, see benchmarks/README.md): the per-edge work is memory-bound,
+so the message block forms as few edge-sized tensors as it can. Filters come per layer and per term
+(scalar, direction, v_j) from slices of one fused weight, with the cutoff folded into the matmul;
+``phi_vv`` multiplies ``v`` per atom before the gather; unit vectors are widened once, because a
+product broadcasting along the innermost dimension does not vectorise. Gathers use ``index_select``
+and scatters ``index_add`` (advanced-indexing backward is ~7x slower). Features flow in a *stream*
+dtype (the edge vectors' dtype: float64 or float32), while linear layers run in the parameters'
+dtype (bfloat16 under ``bf16-pure``, or autocast's), so scatter sums and the residual stream stay
+>= float32."""
 
 from __future__ import annotations
 
