@@ -14,8 +14,8 @@ validation and no checkpoints inside the timed steps:
 
 From each run's metrics (one record per step): throughput = structures of the timed steps / wall time
 between the first and last timed step (the first ``warmup`` steps are skipped); data share = time
-waiting for the next batch (read + neighbour list + collate, in the training process with
-``num_workers=0``) / step time, on rank 0; ``collective_ms_per_step`` is rank 0's time inside the three
+waiting for the next batch (read + neighbour list + collate, in the training process with the
+default ``--workers 0``; with workers, the wait for their batches) / step time, on rank 0; ``collective_ms_per_step`` is rank 0's time inside the three
 all-reduces of a step (counts and stop flag, gradients, loss sums), which includes waiting for the
 slower rank. Scaling efficiency = 2-rank throughput / (2 x 1-rank
 throughput). The cases run interleaved, one of each per round; medians over the rounds are reported.
@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--cases", default="1rank_1thread,2ranks_1thread,1rank_2threads",
                    help="comma-separated subset of the cases (1rank_1thread, 2ranks_1thread, 1rank_2threads)")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default 80; --quick 25)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers per rank (default 0: in the training process)")
     args = p.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -104,7 +105,7 @@ def main() -> None:
     scale = 0.1 if args.quick else 1.0
     data_dir, generate_s = common.demo_data(args.data, f"demo_s{scale:g}", None, scale)
     config = {
-        "data": {"stores": [str(data_dir)], "val_split": None, "preload": True, "num_workers": 0},
+        "data": {"stores": [str(data_dir)], "val_split": None, "preload": True, "num_workers": args.workers},
         "model": {"hidden": args.hidden, "layers": args.layers, "n_rbf": 16, "cutoff": 4.5, "head_hidden": 32},
         "sampler": {"strategy": "temperature", "temperature": 2.0, "batch_size": 16},
         "optimizer": {"lr": 1e-3, "ema_decay": 0.99},
@@ -122,7 +123,7 @@ def main() -> None:
     document = {"benchmark": "train_speed", "issue": 6, "quick": args.quick, "machine": common.machine_info(),
                 "setup": {"data": str(data_dir), "data_scale": scale, "data_generate_s": generate_s,
                           "model": config["model"], "precision": "fp32", "global_batch": 16, "steps": steps,
-                          "warmup_steps": warmup, "repeats": repeats, "num_workers": 0}}
+                          "warmup_steps": warmup, "repeats": repeats, "num_workers": args.workers}}
     results: dict[str, list[dict]] = {name: [] for name in cases}
     try:
         for round_ in range(repeats):
