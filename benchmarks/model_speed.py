@@ -54,11 +54,29 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def matmul_rate(dtype: torch.dtype, *, n: int = 2048, repeats: int = 5) -> float:
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it (nothing to wait for on CPU)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize()
+    elif kind == "xpu":
+        torch.xpu.synchronize()
+
+
+def synced(fn, device: str):
+    def run():
+        out = fn()
+        synchronize(device)
+        return out
+
+    return run
+
+
+def matmul_rate(dtype: torch.dtype, *, n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """FLOP/s of torch.matmul on two n x n matrices (2 n^3 per product), median of ``repeats``."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    timing = time_repeats(lambda: torch.matmul(a, b), warmup=2, repeats=repeats)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    timing = time_repeats(synced(lambda: torch.matmul(a, b), device), warmup=2, repeats=repeats)
     return 2 * n**3 / timing["median_s"]
 
 
@@ -138,7 +156,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def measure(runners: dict[str, peers.Runner], batch: int, *, warmup: int, repeats: int, peak: float) -> dict[str, Any]:
+def measure(runners: dict[str, peers.Runner], batch: int, *, warmup: int, repeats: int, peak: float,
+            device: str = "cpu") -> dict[str, Any]:
     """Time every runner's inference, then its training step. Repeats are interleaved round-robin across
     models (model A, B, C, A, B, C, ...), so a change of machine load hits all of them alike."""
     results: dict[str, Any] = {}
@@ -148,7 +167,7 @@ def measure(runners: dict[str, peers.Runner], batch: int, *, warmup: int, repeat
             raise RuntimeError(f"{name}: non-finite energy or forces")
         results[name] = {"parameters": runner.n_parameters()}
     for mode in ("inference", "training"):
-        calls = {name: (r.infer if mode == "inference" else r.train_step) for name, r in runners.items()}
+        calls = {name: synced(r.infer if mode == "inference" else r.train_step, device) for name, r in runners.items()}
         times: dict[str, list[float]] = {name: [] for name in runners}
         for fn in calls.values():
             for _ in range(warmup):
@@ -208,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=THREADS, help=f"torch threads for all models ({THREADS})")
     p.add_argument("--models", default=",".join(peers.BUILDERS),
                    help=f"comma-separated, from {','.join(peers.BUILDERS)}")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, xpu: every model and batch on it; on a GPU the "
+                   "structures/s are per GPU")
     p.add_argument("--tune-allocator", action="store_true",
                    help="gfmkit.performance.tune_allocator() for the whole process (every model alike)")
     args = p.parse_args(argv)
@@ -232,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(),
         "setup": {
             "allocator_tuned": allocator_tuned,
+            "device": args.device,
+            "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu",
             "threads": args.threads,
             "batch": batch,
             "atoms_per_structure": len(structures[0]),
@@ -263,18 +286,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for dtype_name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
         dtype = getattr(torch, dtype_name)
         others = OtherLoad()
-        peak = matmul_rate(dtype)
+        peak = matmul_rate(dtype, device=args.device)
         log(f"{dtype_name}: torch.matmul 2048x2048 {peak / 1e9:.1f} GFLOP/s")
         models: dict[str, Any] = {}
         runners: dict[str, peers.Runner] = {}
         for name in names:
             try:
-                runners[name] = peers.BUILDERS[name](structures, dtype, lists=lists)
+                runners[name] = peers.BUILDERS[name](structures, dtype, lists=lists, device=args.device)
             except ImportError as error:
                 reason = "gfmkit model not available yet" if name == "gfmkit" else f"{name} not available"
                 models[name] = {"available": False, "reason": f"{reason}: {error}"}
                 log(f"  {name}: {models[name]['reason']}")
-        models.update(measure(runners, batch, warmup=warmup, repeats=repeats, peak=peak))
+        models.update(measure(runners, batch, warmup=warmup, repeats=repeats, peak=peak, device=args.device))
         del runners
         busy = others.fraction()
         report["results"][dtype_name] = {"matmul_flop_per_s": peak, "models": models, "ratios": ratios(models),

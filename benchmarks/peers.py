@@ -218,7 +218,7 @@ def import_schnetpack() -> types.ModuleType:
 
 
 def build_schnetpack(atoms_list: Sequence, dtype: torch.dtype = torch.float32, *, seed: int = 0,
-                     lists: Sequence | None = None) -> Runner:
+                     lists: Sequence | None = None, device: str = "cpu") -> Runner:
     spk = import_schnetpack()
     import schnetpack.properties as P
 
@@ -240,11 +240,10 @@ def build_schnetpack(atoms_list: Sequence, dtype: torch.dtype = torch.float32, *
         ],
         do_postprocessing=False,
     )
-    model = model.to(dtype)  # built in float32 (GaussianRBF's buffers are float32), then cast
-    positions = torch.tensor(batch.positions, dtype=dtype)
+    model = model.to(dtype).to(device)  # built in float32 (GaussianRBF's buffers are float32), then cast
     inputs = {
         P.Z: torch.from_numpy(batch.numbers),
-        P.R: positions,
+        P.R: torch.tensor(batch.positions, dtype=dtype),
         P.idx_i: torch.from_numpy(batch.centre),
         P.idx_j: torch.from_numpy(batch.neighbour),
         P.offsets: torch.tensor(batch.offsets, dtype=dtype),
@@ -253,13 +252,15 @@ def build_schnetpack(atoms_list: Sequence, dtype: torch.dtype = torch.float32, *
         P.cell: torch.tensor(batch.cells, dtype=dtype),
         P.pbc: torch.ones(len(atoms_list), 3, dtype=torch.bool),
     }
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+    positions = inputs[P.R]
 
     def predict(training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         # Forces uses create_graph=self.training; Runner sets train()/eval() before calling.
         out = model(dict(inputs))  # a fresh dict: the model writes intermediate keys into it
         return out[P.energy], out[P.forces]
 
-    energy_ref, forces_ref = _labels(batch, dtype)
+    energy_ref, forces_ref = (t.to(device) for t in _labels(batch, dtype))
     return Runner("schnetpack", model, predict, positions, energy_ref, forces_ref,
                   info={"version": _version("schnetpack"), "radial_basis": "GaussianRBF + CosineCutoff"})
 
@@ -343,7 +344,7 @@ def import_hydragnn_painn(src: Path | None = None) -> types.ModuleType:
 
 
 def build_hydragnn(atoms_list: Sequence, dtype: torch.dtype = torch.float32, *, seed: int = 0,
-                   lists: Sequence | None = None, hydragnn_x: str = "onehot") -> Runner:
+                   lists: Sequence | None = None, hydragnn_x: str = "onehot", device: str = "cpu") -> Runner:
     """HydraGNN's PAINNStack with a per-atom energy head; ``hydragnn_x``: "onehot" (x = one-hot Z in
     128 features, input_dim=128) or "z" (x = Z, input_dim=1, as in HydraGNN's MLIP examples)."""
     from torch_geometric.data import Batch, Data
@@ -377,7 +378,7 @@ def build_hydragnn(atoms_list: Sequence, dtype: torch.dtype = torch.float32, *, 
         num_conv_layers=LAYERS,
         num_nodes=None,
         graph_pooling="add",
-    ).to(dtype)
+    ).to(dtype).to(device)
 
     graphs = []
     for atoms, (edge_index, shift) in zip(atoms_list, lists):
@@ -395,12 +396,13 @@ def build_hydragnn(atoms_list: Sequence, dtype: torch.dtype = torch.float32, *, 
         ))
     data = Batch.from_data_list(graphs)
     data.dataset_name = torch.zeros(len(graphs), 1, dtype=torch.long)
+    data = data.to(device)
     data.pos.requires_grad_(True)
     n_graphs = len(graphs)
 
     def predict(training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         node_energy = model(data)[0][:, 0]
-        energy = torch.zeros(n_graphs, dtype=node_energy.dtype).index_add(0, data.batch, node_energy)
+        energy = torch.zeros(n_graphs, dtype=node_energy.dtype, device=node_energy.device).index_add(0, data.batch, node_energy)
         (grad,) = torch.autograd.grad(energy.sum(), data.pos, create_graph=training, retain_graph=training)
         return energy, -grad
 
@@ -416,14 +418,14 @@ def build_hydragnn(atoms_list: Sequence, dtype: torch.dtype = torch.float32, *, 
 
 
 def build_gfmkit(atoms_list: Sequence, dtype: torch.dtype = torch.float32, *, seed: int = 0,
-                 lists: Sequence | None = None) -> Runner:
+                 lists: Sequence | None = None, device: str = "cpu") -> Runner:
     """gfmkit's MultiHeadPaiNN (one head); raises ImportError while gfmkit.models is not there."""
     from gfmkit.data.graphs import collate, structure_graph
     from gfmkit.models import HeadConfig, ModelConfig, MultiHeadPaiNN
 
     torch.manual_seed(seed)
     model = MultiHeadPaiNN(ModelConfig(hidden=HIDDEN, layers=LAYERS, n_rbf=N_RBF, cutoff=CUTOFF, head_hidden=HEAD_HIDDEN),
-                           [HeadConfig(name="cuau")]).to(dtype)
+                           [HeadConfig(name="cuau")]).to(dtype).to(device)
     graphs = []
     for atoms in atoms_list:
         e, f = label_arrays(atoms)
@@ -436,6 +438,7 @@ def build_gfmkit(atoms_list: Sequence, dtype: torch.dtype = torch.float32, *, se
                             zip(lists, np.cumsum([0] + [len(a) for a in atoms_list[:-1]]))], dim=1)
         if not torch.equal(shared, batch.edge_index):
             raise RuntimeError("gfmkit's graphs do not have the shared neighbour list")
+    batch = batch.to(device)
 
     def predict(training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out = model(batch, forces=True, stress=False, training=training)
