@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if "efficiency" in table:
         import matplotlib.pyplot as plt
 
-        fig = scaling_figure(table)
+        fig = scaling_figure(table, unit="ranks" if (table["nodes"] == 1).all() else "nodes")
         fig.savefig(out / "scaling.png", dpi=150)
         plt.close(fig)
         table.to_csv(out / "scaling.csv", index=False)
