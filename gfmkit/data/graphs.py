@@ -54,32 +54,38 @@ def structure_graph(
     n = len(positions)
     edge_index, shift = neighbour_list(positions, cell, pbc, cutoff)
 
+    real = np.float64 if dtype == torch.float64 else np.float32
+
     def tensor(values, shape=None) -> torch.Tensor:
-        out = torch.as_tensor(np.asarray(values), dtype=dtype)
+        # numpy converts, torch wraps: ~4x cheaper per field than torch.as_tensor(..., dtype=...)
+        out = torch.from_numpy(np.array(values, dtype=real))
         return out if shape is None else out.reshape(shape)
+
+    def flag(value: bool) -> torch.Tensor:
+        return torch.from_numpy(np.array([value]))
 
     energy, forces, stress = arrays.get(fmt.ENERGY), arrays.get(fmt.FORCES), arrays.get(fmt.STRESS)
     props = [arrays.get(fmt.PROPERTY_PREFIX + name) for name in property_names]
     charge, spin = arrays.get(fmt.CHARGE), arrays.get(fmt.SPIN)
     return Data(
-        z=torch.as_tensor(np.asarray(arrays[fmt.NUMBERS]), dtype=torch.long),
+        z=torch.from_numpy(np.array(arrays[fmt.NUMBERS], dtype=np.int64)),
         pos=tensor(positions),
         cell=tensor(cell, (1, 3, 3)),
-        pbc=torch.as_tensor(pbc, dtype=torch.bool).reshape(1, 3),
+        pbc=torch.from_numpy(pbc.reshape(1, 3).copy()),
         edge_index=torch.from_numpy(edge_index),
         edge_shift=tensor(shift),
         energy=tensor([0.0 if energy is None else float(energy)]),
-        energy_mask=torch.tensor([energy is not None]),
+        energy_mask=flag(energy is not None),
         forces=tensor(np.zeros((n, 3)) if forces is None else forces),
-        forces_mask=torch.tensor([forces is not None]),
+        forces_mask=flag(forces is not None),
         stress=tensor(np.zeros((3, 3)) if stress is None else stress, (1, 3, 3)),
-        stress_mask=torch.tensor([stress is not None]),
+        stress_mask=flag(stress is not None),
         charge=tensor([0.0 if charge is None else float(charge)]),
         spin=tensor([0.0 if spin is None else float(spin)]),
         properties=tensor([[0.0 if p is None else float(p) for p in props]], (1, len(props))),
-        properties_mask=torch.tensor([[p is not None for p in props]], dtype=torch.bool).reshape(1, len(props)),
-        dataset=torch.tensor([head], dtype=torch.long),
-        natoms=torch.tensor([n], dtype=torch.long),
+        properties_mask=torch.from_numpy(np.array([[p is not None for p in props]], dtype=bool).reshape(1, len(props))),
+        dataset=torch.from_numpy(np.array([head], dtype=np.int64)),
+        natoms=torch.from_numpy(np.array([n], dtype=np.int64)),
     )
 
 
