@@ -167,7 +167,8 @@ def collate(graphs: list[Data]) -> Batch | None:
     if not graphs:
         return None
     first = graphs[0]
-    if type(first) is not Data or any(g.keys() != first.keys() for g in graphs):
+    in_worker = torch.utils.data.get_worker_info() is not None  # PyG writes straight into shared memory there
+    if in_worker or type(first) is not Data or any(g.keys() != first.keys() for g in graphs):
         return Batch.from_data_list(graphs)
     natoms = torch.tensor([g[keys.POSITIONS].shape[0] for g in graphs])
     shift = torch.cumsum(natoms, 0) - natoms
