@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """Add ``gfmkit cluster`` and return its sub-parsers, so that more actions can join them."""
     parser = sub.add_parser(
         "cluster",
-        help="machine profiles (hpc_profiles/) and sbatch/qsub scripts made from them",
+        help="machine profiles (hpc_profiles/), sbatch/qsub scripts made from them, running engine clusters",
         description="Profiles say how jobs run on a machine (scheduler, launcher, GPUs, modules, environment). "
         "A name resolves in $GFMKIT_PROFILES, then ~/.config/gfmkit/profiles, then gfmkit's hpc_profiles/.",
     )
