@@ -152,7 +152,9 @@ def test_choose_mode_and_login_node_caps(tmp_path):
 
 
 def test_engine_template_keeps_shell_braces_for_ipyparallel():
-    from IPython.utils.text import EvalFormatter  # what ipyparallel formats batch templates with
+    from IPython.utils.text import (
+        EvalFormatter,  # what ipyparallel formats batch templates with
+    )
 
     for name in ("frontier", "aurora"):
         template = engines.engine_batch_template(load_profile(name), 2, None, account="abc")

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from test_train import tiny_config
 
 from gfmkit.cli import main
-from gfmkit.studies.scaling import plan_scaling, run_scaling, run_throughput, scaled_config, scaling_table
+from gfmkit.studies.scaling import (
+    plan_scaling,
+    run_scaling,
+    run_throughput,
+    scaled_config,
+    scaling_table,
+)
 
 
 def test_weak_scaling_grows_the_batch_and_strong_keeps_it():
@@ -44,7 +51,7 @@ def test_site_scaling_writes_one_batch_script_per_node_count(tmp_path):
     assert plan["nodes"].tolist() == [1, 2] and plan["ranks"].tolist() == [8, 16]
     for script in plan["script"]:
         subprocess.run(["bash", "-n", script], check=True)
-    text = open(plan["script"].iloc[1]).read()
+    text = Path(plan["script"].iloc[1]).read_text()
     assert "#SBATCH --account=abc123" in text and "srun -N 2 -n 16" in text and "gfmkit.cli train" in text
     table = scaling_table(tmp_path)
     assert table["missing"].str.contains("no metrics").all()  # nothing has run yet

@@ -7,7 +7,13 @@ The engine functions load lazily: importing ipyparallel takes about a second."""
 from __future__ import annotations
 
 from gfmkit.cluster.kernel import install_kernel, render_kernel_launcher
-from gfmkit.cluster.profiles import Launcher, Profile, available_profiles, find_profile, load_profile
+from gfmkit.cluster.profiles import (
+    Launcher,
+    Profile,
+    available_profiles,
+    find_profile,
+    load_profile,
+)
 from gfmkit.cluster.scripts import render_batch_script, submit, submit_chain
 
 _ENGINES = ("EngineCluster", "EngineDied", "attach", "running", "start")
@@ -21,8 +27,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'gfmkit.cluster' has no attribute {name!r}")
 
 
-__all__ = [
-    *_ENGINES,
+__all__ = [  # noqa: RUF022 - the engine names first, as _ENGINES lists them
+    "EngineCluster",
+    "EngineDied",
+    "attach",
+    "running",
+    "start",
     "Launcher",
     "Profile",
     "available_profiles",

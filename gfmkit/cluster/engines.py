@@ -390,8 +390,8 @@ def start(
         raise ValueError(f"cluster_id {cluster_id!r}: use letters, digits, '_', '.', '-'")
     listen = controller_ip or profile.controller_ip
     location = profile.controller_location or (None if listen in ("127.0.0.1", "localhost") else socket.gethostname())
-    kwargs: dict[str, Any] = dict(n=n, cluster_id=cluster_id, controller_ip=listen, shutdown_atexit=not persist,
-                                  log_level=30, engine_timeout=int(timeout or (3600 if mode == "batch" else 120)))
+    kwargs: dict[str, Any] = {"n": n, "cluster_id": cluster_id, "controller_ip": listen, "shutdown_atexit": not persist,
+                              "log_level": 30, "engine_timeout": int(timeout or (3600 if mode == "batch" else 120))}
     if location:
         kwargs["controller_location"] = location
     if mode == "batch":
@@ -418,7 +418,7 @@ def start(
         cluster.start_cluster_sync()
         client = cluster.connect_client_sync()
         _wait_for_engines(cluster, client, n, kwargs["engine_timeout"], mode)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - stop whatever started, then re-raise
         try:
             cluster.stop_cluster_sync()
         finally:

@@ -24,7 +24,13 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from gfmkit.cluster.profiles import ENV_NAME, Profile, as_profile, check_header_value, parse_walltime
+from gfmkit.cluster.profiles import (
+    ENV_NAME,
+    Profile,
+    as_profile,
+    check_header_value,
+    parse_walltime,
+)
 
 _ARRAY = {
     "slurm": re.compile(r"\d+(-\d+(:\d+)?)?(,\d+(-\d+(:\d+)?)?)*(%\d+)?"),

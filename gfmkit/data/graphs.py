@@ -175,7 +175,7 @@ def collate(graphs: list[Data]) -> Batch | None:
     out = Batch(_base_cls=Data)
     slices, incs = {}, {}
     zeros = torch.zeros(len(graphs), dtype=torch.long)
-    for key in first.keys():
+    for key in first.keys():  # noqa: SIM118 - iterating a Data yields (key, value) pairs
         values = [g[key] for g in graphs]
         if key == keys.EDGE_INDEX:
             sizes = torch.tensor([v.shape[1] for v in values])
