@@ -152,19 +152,16 @@ def engine_batch_template(profile: Profile, nodes: int, ranks_per_node: int | No
     return text
 
 
-def _expand(value: str) -> str:
-    return os.path.expandvars(value)
-
-
 def _engine_environment(profile: Profile, mode: str, threads: int | None) -> dict[str, str]:
     env: dict[str, str] = {}
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if mode == "allocation":  # in batch mode the script exports these itself
         if profile.scratch is not None:
-            env["GFMKIT_SCRATCH"] = _expand(profile.scratch)
+            env["GFMKIT_SCRATCH"] = os.path.expandvars(profile.scratch)
         for name, value in profile.env.items():
-            env[name] = _expand(str(value).replace("${GFMKIT_SCRATCH}", env.get("GFMKIT_SCRATCH", "")))
+            value = str(value).replace("${GFMKIT_SCRATCH}", env.get("GFMKIT_SCRATCH", ""))
+            env[name] = os.path.expandvars(value)
     return env
 
 
@@ -179,10 +176,10 @@ class EngineCluster:
     engines in MPI rank order) are the ipyparallel objects, for anything this class does not wrap.
     """
 
-    def __init__(self, cluster: Any, client: Any, profile: Profile, mode: str, *, owned: bool = True):
+    def __init__(self, cluster: Any, client: Any, profile: Profile, mode: str):
         self.cluster, self.client, self.profile, self.mode = cluster, client, profile, mode
-        self._owned = owned
         self._stopped = False
+        self._broken = False  # engines died during a call: the survivors may hang in a collective
         ranks = client[:].apply_sync(_mpi_rank)
         self.ranks = dict(zip(client.ids, ranks))
         self.view = client[sorted(self.ranks, key=self.ranks.get)]
@@ -289,7 +286,7 @@ class EngineCluster:
     def _check_usable(self) -> None:
         if self._stopped:
             raise RuntimeError(f"cluster {self.cluster_id} was stopped; start a new one")
-        if getattr(self, "_broken", False):
+        if self._broken:
             raise EngineDied(f"cluster {self.cluster_id} lost engines earlier. {self._restart_hint()}")
 
     def _activate(self) -> None:
