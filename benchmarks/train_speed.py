@@ -38,6 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
+from gfmkit.studies.scaling import run_throughput
+
 
 def worker(config_json: str, run_dir: str) -> None:
     from gfmkit.train import train
@@ -65,25 +67,7 @@ def run_case(ranks: int, threads: int, config: dict, root: Path, label: str, war
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     total = time.perf_counter() - started
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if r.get("phase") == "train"]
-    timed = steps[warmup:]
-    wall = timed[-1]["time"] - steps[warmup - 1]["time"]
-    structures = sum(r["structures"] for r in timed)
-    data = sum(r["data_s"] for r in timed)
-    compute = sum(r["compute_s"] for r in timed)
-    comm = sum(r.get("comm_s", 0.0) for r in timed)
-    return {
-        "structures_per_s": structures / wall,
-        "steps_per_s": len(timed) / wall,
-        "data_share": data / (data + compute),
-        "data_ms_per_step": 1000 * data / len(timed),
-        "compute_ms_per_step": 1000 * compute / len(timed),
-        "collective_ms_per_step": 1000 * comm / len(timed),
-        "timed_steps": len(timed),
-        "structures": structures,
-        "process_wall_s": total,
-    }
+    return {**run_throughput(run_dir, warmup), "process_wall_s": total}
 
 
 def main() -> None:

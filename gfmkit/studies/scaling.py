@@ -39,30 +39,37 @@ MODES = ("strong", "weak")
 def run_throughput(run_dir: str | os.PathLike, warmup: int = 5) -> dict[str, float]:
     """Throughput and time shares of a finished training run, from its ``metrics.jsonl``.
 
-    Needs train records of one step each (``log_every: 1``) and more than ``warmup`` of them.
+    The first ``warmup`` (at least 1) train records are left out; the wall time runs from the end of
+    the last of them to the end of the run. Needs records of one step each (``log_every: 1``). A
+    step's ``compute_s`` includes its collectives (``comm_s``), so shares are of data + compute.
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics (the run has not started, or failed)")
+    warmup = max(1, warmup)
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     steps = [r for r in records if r.get("phase") == "train"]
-    if len(steps) <= warmup + 1:
-        raise ValueError(f"{path}: {len(steps)} train records, need more than {warmup + 1} (warmup {warmup})")
-    timed = steps[warmup + 1:]
-    wall = timed[-1]["time"] - steps[warmup]["time"]
+    if len(steps) <= warmup:
+        raise ValueError(f"{path}: {len(steps)} train records, need more than {warmup} (warmup {warmup})")
+    timed = steps[warmup:]
+    wall = timed[-1]["time"] - steps[warmup - 1]["time"]
     structures = sum(r["structures"] for r in timed)
     n_steps = sum(r.get("steps", 1) for r in timed)
     data = sum(r.get("data_s", 0.0) for r in timed)
     compute = sum(r.get("compute_s", 0.0) for r in timed)
     comm = sum(r.get("comm_s", 0.0) for r in timed)
-    busy = data + compute + comm
+    busy = data + compute
     return {
         "structures_per_s": structures / wall,
         "steps_per_s": n_steps / wall,
         "structures_per_step": structures / n_steps,
         "data_share": data / busy if busy else float("nan"),
         "comm_share": comm / busy if busy else float("nan"),
+        "data_ms_per_step": 1000 * data / n_steps,
+        "compute_ms_per_step": 1000 * compute / n_steps,
+        "collective_ms_per_step": 1000 * comm / n_steps,
         "timed_steps": n_steps,
+        "structures": structures,
     }
 
 
