@@ -168,14 +168,16 @@ def collate(graphs: list[Data]) -> Batch | None:
         return None
     first = graphs[0]
     in_worker = torch.utils.data.get_worker_info() is not None  # PyG writes straight into shared memory there
-    if in_worker or type(first) is not Data or any(g.keys() != first.keys() for g in graphs):
+    # fields in storage order, as PyG keeps them (Data.keys() goes through a set: its order varies by process)
+    fields = [key for key, _ in first]
+    if in_worker or type(first) is not Data or any(set(g.keys()) != set(fields) for g in graphs):
         return Batch.from_data_list(graphs)
     natoms = torch.tensor([g[keys.POSITIONS].shape[0] for g in graphs])
     shift = torch.cumsum(natoms, 0) - natoms
     out = Batch(_base_cls=Data)
     slices, incs = {}, {}
     zeros = torch.zeros(len(graphs), dtype=torch.long)
-    for key in first.keys():  # noqa: SIM118 - iterating a Data yields (key, value) pairs
+    for key in fields:
         values = [g[key] for g in graphs]
         if key == keys.EDGE_INDEX:
             sizes = torch.tensor([v.shape[1] for v in values])
