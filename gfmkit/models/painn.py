@@ -4,7 +4,8 @@ update blocks, a sine radial basis with a cosine cutoff.
 Implementation notes (measured on CPU, see benchmarks/README.md): the per-edge work is memory-bound,
 so the message block forms as few edge-sized tensors as it can. Filters come per layer and per term
 (scalar, direction, v_j) from slices of one fused weight, with the cutoff folded into the matmul;
-``phi_vv`` multiplies ``v`` per atom before the gather; unit vectors are widened once, because a
+``phi_vv`` multiplies ``v`` per atom before the gather; the vector message has its own backward
+(:mod:`gfmkit.models.vector_message`, half the edge-sized tensors); unit vectors are widened once, because a
 product broadcasting along the innermost dimension does not vectorise. Gathers use ``index_select``
 and scatters ``index_add`` (advanced-indexing backward is ~7x slower). Features flow in a *stream*
 dtype (the edge vectors' dtype: float64 or float32), while linear layers run in the parameters'
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from gfmkit.models.radial import SineBasis, cosine_cutoff
+from gfmkit.models.vector_message import vector_message
 
 
 def run_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -93,11 +95,11 @@ class PaiNNEncoder(nn.Module):
             w_s, w_vs, w_vv = filters[layer]
             ds = phi_s.index_select(0, j) * w_s
             dvs = phi_vs.index_select(0, j) * w_vs
-            dv = dvs[:, None, :] * unit_wide
-            if layer > 0:  # vector features start at zero: the first layer has no v_j term
-                dv = torch.addcmul(dv, (v * phi_vv[:, None, :]).index_select(0, j), w_vv[:, None, :])
+            # vector features start at zero: the first layer has no v_j term (gfmkit.models.vector_message
+            # sums the direction and v_j terms into v with a backward that forms fewer edge-sized tensors)
+            x = v * phi_vv[:, None, :] if layer > 0 else None
             s = s.index_add(0, i, ds)
-            v = v.index_add(0, i, dv)
+            v = vector_message(v, dvs, unit, unit_wide, x, w_vv, i, j)
             # update: mix scalar and vector channels within each atom
             uv, vv = torch.split(run_linear(self.update_uv[layer], v), F, dim=2)
             norm = torch.sqrt(torch.sum(vv * vv, dim=1) + 1e-8)
