@@ -63,9 +63,13 @@ def synchronize(device: str) -> None:
         torch.xpu.synchronize()
 
 
-def synced(fn, device: str):
+def synced(fn, device: str, autocast: bool = False):
+    """``fn`` followed by a device synchronisation; with ``autocast`` inside torch.autocast(bfloat16)."""
+    kind = torch.device(device).type
+
     def run():
-        out = fn()
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=autocast):
+            out = fn()
         synchronize(device)
         return out
 
@@ -157,17 +161,19 @@ def machine() -> dict[str, Any]:
 
 
 def measure(runners: dict[str, peers.Runner], batch: int, *, warmup: int, repeats: int, peak: float,
-            device: str = "cpu") -> dict[str, Any]:
+            device: str = "cpu", autocast: bool = False) -> dict[str, Any]:
     """Time every runner's inference, then its training step. Repeats are interleaved round-robin across
-    models (model A, B, C, A, B, C, ...), so a change of machine load hits all of them alike."""
+    models (model A, B, C, A, B, C, ...), so a change of machine load hits all of them alike. With
+    ``autocast`` every call of every model runs inside torch.autocast(bfloat16)."""
     results: dict[str, Any] = {}
     for name, runner in runners.items():
-        energy, forces = runner.infer()
+        energy, forces = synced(runner.infer, device, autocast)()
         if not (torch.isfinite(energy).all() and torch.isfinite(forces).all()):
             raise RuntimeError(f"{name}: non-finite energy or forces")
         results[name] = {"parameters": runner.n_parameters()}
     for mode in ("inference", "training"):
-        calls = {name: synced(r.infer if mode == "inference" else r.train_step, device) for name, r in runners.items()}
+        calls = {name: synced(r.infer if mode == "inference" else r.train_step, device, autocast)
+                 for name, r in runners.items()}
         times: dict[str, list[float]] = {name: [] for name in runners}
         for fn in calls.values():
             for _ in range(warmup):
@@ -190,7 +196,7 @@ def measure(runners: dict[str, peers.Runner], batch: int, *, warmup: int, repeat
                 "fraction_of_matmul_rate": flops / median / peak,
             }
     for name, runner in runners.items():
-        energy, forces = runner.infer()
+        energy, forces = synced(runner.infer, device, autocast)()
         results[name]["finite_after_training"] = bool(torch.isfinite(energy).all() and torch.isfinite(forces).all())
         results[name].update(runner.info)
         log(f"  {name}: inference {results[name]['inference']['structures_per_s']:.1f}/s, "
@@ -223,7 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=None, help="structures per batch (16; 4 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats, median reported (5; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls (3; 1 with --quick)")
-    p.add_argument("--dtypes", default="float32,float64")
+    p.add_argument("--dtypes", default="float32,float64",
+                   help="comma-separated: float32, float64, bf16-autocast (float32 weights, every model's calls "
+                        "inside torch.autocast(bfloat16), as gfmkit's bf16-autocast policy)")
     p.add_argument("--threads", type=int, default=THREADS, help=f"torch threads for all models ({THREADS})")
     p.add_argument("--models", default=",".join(peers.BUILDERS),
                    help=f"comma-separated, from {','.join(peers.BUILDERS)}")
@@ -284,9 +292,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log("WARNING: " + report["warnings"][-1])
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     for dtype_name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
-        dtype = getattr(torch, dtype_name)
+        autocast = dtype_name == "bf16-autocast"
+        dtype = torch.float32 if autocast else getattr(torch, dtype_name)
         others = OtherLoad()
-        peak = matmul_rate(dtype, device=args.device)
+        peak = matmul_rate(torch.bfloat16 if autocast else dtype, device=args.device)
         log(f"{dtype_name}: torch.matmul 2048x2048 {peak / 1e9:.1f} GFLOP/s")
         models: dict[str, Any] = {}
         runners: dict[str, peers.Runner] = {}
@@ -297,7 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 reason = "gfmkit model not available yet" if name == "gfmkit" else f"{name} not available"
                 models[name] = {"available": False, "reason": f"{reason}: {error}"}
                 log(f"  {name}: {models[name]['reason']}")
-        models.update(measure(runners, batch, warmup=warmup, repeats=repeats, peak=peak, device=args.device))
+        models.update(measure(runners, batch, warmup=warmup, repeats=repeats, peak=peak, device=args.device,
+                              autocast=autocast))
         del runners
         busy = others.fraction()
         report["results"][dtype_name] = {"matmul_flop_per_s": peak, "models": models, "ratios": ratios(models),
