@@ -1,0 +1,218 @@
+"""Precision study: the same training in fp64, fp32, bf16-autocast and bf16-pure, side by side.
+
+Every precision trains the same config (same seed, so the same initial weights, data order and
+number of steps) in its own run directory ``out/<precision>``; its best checkpoint is then evaluated
+on the test split twice: in fp64, which isolates what *training* in that precision did to the
+model, and in its own precision, which adds the rounding of inference. Everything the tables and the
+figure show is read back from the run directories alone (:func:`precision_table`,
+:func:`precision_errors`, :func:`gfmkit.viz.precision.precision_figure`):
+
+* throughput: structures per second of the timed training steps
+  (:func:`gfmkit.studies.scaling.run_throughput`; the first ``warmup`` steps are left out);
+* the final and best validation loss and the training loss curve (``metrics.jsonl``);
+* test MAEs of each dataset under its own head (``evaluation-<precision>/summary.csv``).
+
+A study that stopped part way continues where it stopped: finished runs and evaluations are kept,
+an unfinished run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from gfmkit.comm import world
+from gfmkit.config import config_to_dict
+from gfmkit.files import atomic_write_text
+from gfmkit.precision import Precision
+from gfmkit.studies.scaling import run_throughput
+
+PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
+STUDY = "precision.json"
+ERROR_COLUMNS = ("energy_mae", "forces_mae", "stress_mae", "property_mae")
+
+
+def _study(out: Path) -> dict[str, Any]:
+    path = out / STUDY
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a precision study (no such file; start one with run_precision_study or gfmkit precision CONFIG)")
+    return json.loads(path.read_text())
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` stopped because it was done (not by a signal or the wall time)."""
+    metrics = _metrics(run_dir)
+    if metrics.empty or "event" not in metrics:
+        return False
+    stops = metrics[(metrics["phase"] == "event") & (metrics["event"] == "stop")]
+    return len(stops) > 0 and stops["reason"].iloc[-1] in ("finished", "early_stopping")
+
+
+def _precision_names(precisions: Sequence[str]) -> list[str]:
+    names = []
+    for p in precisions:
+        try:
+            names.append(Precision(p).value)
+        except ValueError:
+            raise ValueError(f"unknown precision {p!r}; known: {', '.join(PRECISIONS)}") from None
+    if not names:
+        raise ValueError("give at least one precision")
+    return list(dict.fromkeys(names))
+
+
+def evaluation_dir(run_dir: str | os.PathLike, precision: str) -> Path:
+    """Where a run's test evaluation in ``precision`` is written."""
+    return Path(run_dir) / f"evaluation-{precision}"
+
+
+def run_precision_study(
+    config: Any,
+    out: str | os.PathLike = "runs/precision",
+    precisions: Sequence[str] = PRECISIONS,
+    *,
+    split: str = "test",
+    max_structures: int | None = None,
+    warmup: int = 5,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train ``config`` once per precision and evaluate each; returns :func:`precision_table`.
+
+    ``config`` is a :class:`~gfmkit.train.TrainConfig`, a YAML path or a mapping; its ``precision`` is
+    replaced per run and every step is logged (``log_every: 1``) so that throughput can be measured.
+    ``max_structures`` caps the evaluated structures per dataset. Runs one after another in this
+    process; under ``mpiexec`` every rank calls this, each training runs data-parallel, rank 0
+    evaluates and returns the table (the other ranks an empty one).
+    """
+    from gfmkit.train import evaluate, load_train_config, train
+    from gfmkit.train.evaluate import load_run_checkpoint
+
+    base = config_to_dict(load_train_config(config))
+    precisions = _precision_names(precisions)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    main = world().rank == 0
+    study = json.loads(json.dumps({"precisions": precisions, "split": split, "max_structures": max_structures,
+                                   "warmup": warmup, "config": base}))
+    if (out / STUDY).is_file():  # every rank checks, so that none goes on alone
+        previous = _study(out)
+        if previous["config"] != study["config"] or previous["split"] != split:
+            raise ValueError(f"{out / STUDY}: holds a study of another config or split; use a new directory")
+        study["precisions"] = list(dict.fromkeys(previous["precisions"] + precisions))
+    if main:
+        atomic_write_text(out / STUDY, json.dumps(study, indent=1))
+
+    for precision in tqdm(precisions, desc="precisions", unit="run", disable=not (progress and main)):
+        run_dir = out / precision
+        if not _finished(run_dir):
+            train({**base, "precision": precision, "log_every": 1, "progress": progress and base["progress"]},
+                  run_dir, resume="auto")
+        if not main:
+            continue
+        checkpoint = load_run_checkpoint(run_dir, "best")
+        for evaluated_in in dict.fromkeys(("fp64", precision)):
+            target = evaluation_dir(run_dir, evaluated_in)
+            if not (target / "summary.csv").is_file():
+                evaluate(checkpoint, base["data"]["stores"], split=split, out=target, precision=evaluated_in,
+                         max_structures=max_structures, figures=False)
+    return precision_table(out) if main else pd.DataFrame()
+
+
+def _metrics(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return pd.DataFrame(rows)
+
+
+def precision_errors(out: str | os.PathLike) -> pd.DataFrame:
+    """Test MAEs of every dataset under its own head: one row per (trained in, evaluated in, dataset)."""
+    out = Path(out)
+    frames = []
+    for precision in _study(out)["precisions"]:
+        for evaluated_in in dict.fromkeys(("fp64", precision)):
+            path = evaluation_dir(out / precision, evaluated_in) / "summary.csv"
+            if path.is_file():
+                frame = pd.read_csv(path)
+                frame.insert(0, "evaluated_in", evaluated_in)
+                frame.insert(0, "trained_in", precision)
+                frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["trained_in", "evaluated_in", "dataset", "structures", *ERROR_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def precision_table(out: str | os.PathLike) -> pd.DataFrame:
+    """One row per precision: throughput, speedup over fp64, validation losses and the test MAEs
+    (mean over datasets, evaluated in fp64 and in the run's own precision), from the run directories."""
+    out = Path(out)
+    study = _study(out)
+    errors = precision_errors(out)
+    rows = []
+    for precision in study["precisions"]:
+        run_dir = out / precision
+        row: dict[str, Any] = {"precision": precision}
+        metrics = _metrics(run_dir)
+        if metrics.empty:
+            row["missing"] = f"{run_dir}: no metrics (not run yet)"
+            rows.append(row)
+            continue
+        phase = metrics.get("phase", pd.Series(dtype=str))
+        train = metrics[phase == "train"]
+        val = metrics[phase == "val"]
+        row["steps"] = int(train["step"].max()) if len(train) else 0
+        try:
+            throughput = run_throughput(run_dir, study["warmup"])
+            row["structures_per_s"] = throughput["structures_per_s"]
+        except (FileNotFoundError, ValueError) as exc:
+            row["missing"] = str(exc)
+        if len(val):
+            row["final_val_loss"] = float(val["loss"].iloc[-1])
+            row["best_val_loss"] = float(val["loss"].min())
+        for evaluated_in, label in (("fp64", "fp64"), (precision, "own")):
+            mine = errors[(errors["trained_in"] == precision) & (errors["evaluated_in"] == evaluated_in)]
+            for column in ("energy_mae", "forces_mae"):
+                if len(mine) and column in mine:
+                    row[f"test_{column}_{label}"] = float(mine[column].mean())
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    reference = table[table["precision"] == "fp64"]
+    if len(reference) and "structures_per_s" in table:
+        table["speedup_vs_fp64"] = table["structures_per_s"] / float(reference["structures_per_s"].iloc[0])
+    drift = loss_drift(out)
+    if len(drift.columns):
+        table["train_loss_drift_median"] = table["precision"].map(drift.median())
+    return table
+
+
+def loss_drift(out: str | os.PathLike) -> pd.DataFrame:
+    """|training loss - fp64's| / fp64's at each step (rows: step, columns: precision); empty
+    without an fp64 run. The runs share seed and batches, so this is the precision's own effect."""
+    train = precision_history(out)
+    train = train[train["phase"] == "train"].pivot_table(index="step", columns="precision", values="loss")
+    if "fp64" not in train:
+        return pd.DataFrame(index=train.index)
+    return train.sub(train["fp64"], axis=0).abs().div(train["fp64"], axis=0)
+
+
+def precision_history(out: str | os.PathLike) -> pd.DataFrame:
+    """Training and validation losses against step of every precision's run (long format:
+    precision, phase ``train``/``val``, step, loss)."""
+    out = Path(out)
+    frames = []
+    for precision in _study(out)["precisions"]:
+        metrics = _metrics(out / precision)
+        if metrics.empty:
+            continue
+        train = metrics[metrics["phase"] == "train"]
+        val = metrics[metrics["phase"] == "val"]
+        frames.append(pd.DataFrame({"precision": precision, "phase": "train", "step": train["step"],
+                                    "loss": train["loss_interval"]}))
+        frames.append(pd.DataFrame({"precision": precision, "phase": "val", "step": val["step"], "loss": val["loss"]}))
+    if not frames:
+        return pd.DataFrame(columns=["precision", "phase", "step", "loss"])
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,73 @@
+"""The precision-study figure: loss curves, test errors and throughput of each training precision."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from gfmkit.studies.precision import (
+    loss_drift,
+    precision_errors,
+    precision_history,
+    precision_table,
+)
+
+
+def precision_figure(out: str | os.PathLike, *, smooth: int = 10) -> Figure:
+    """Four panels from a precision study's run directories (``out``) alone.
+
+    Top left: training loss (running mean over ``smooth`` steps) and validation loss (markers)
+    against step. Top right: each step's training loss relative to fp64's at the same step (same seed
+    and batches, so this is the drift that the precision causes). Bottom left: test force MAE of each
+    dataset under its own head, evaluated in fp64 (bars) and in the run's own precision (black
+    ticks). Bottom right: training throughput, labelled with the speedup over fp64.
+    """
+    history, errors, table = precision_history(out), precision_errors(out), precision_table(out)
+    fig, ((curves, drift), (bars, speed)) = plt.subplots(2, 2, figsize=(12, 7.5), constrained_layout=True)
+    precisions = list(table["precision"])
+    colours = {p: f"C{k}" for k, p in enumerate(precisions)}
+    for precision, rows in history.groupby("precision", sort=False):
+        train = rows[rows["phase"] == "train"].sort_values("step")
+        val = rows[rows["phase"] == "val"]
+        curves.plot(train["step"], train["loss"].rolling(smooth, min_periods=1).mean(), color=colours[precision],
+                    label=precision)
+        curves.plot(val["step"], val["loss"], "o", color=colours[precision], ms=4)
+    curves.set(xlabel="step", ylabel="loss (lines: train, dots: validation)", yscale="log", title="training")
+    curves.legend(frameon=False)
+
+    relative = loss_drift(out)
+    for precision in (p for p in precisions if p != "fp64" and p in relative):
+        drift.plot(relative.index, relative[precision].clip(lower=1e-17), color=colours[precision], label=precision)
+    if len(relative.columns) > 1:
+        drift.legend(frameon=False)
+    drift.set(xlabel="step", ylabel="|loss - loss(fp64)| / loss(fp64)", yscale="log",
+              title="drift from the fp64 run (same seed and batches)")
+
+    datasets = sorted(errors["dataset"].unique()) if len(errors) else []
+    width = 0.8 / max(1, len(precisions))
+    x = np.arange(len(datasets))
+    for k, precision in enumerate(precisions):
+        mine = errors[errors["trained_in"] == precision]
+        for evaluated_in in dict.fromkeys(("fp64", precision)):
+            values = mine[mine["evaluated_in"] == evaluated_in].set_index("dataset")["forces_mae"].reindex(datasets)
+            position = x + (k - (len(precisions) - 1) / 2) * width
+            if evaluated_in == "fp64":
+                bars.bar(position, values, width, color=colours[precision], label=precision)
+            elif precision != "fp64":
+                bars.plot(position, values, "_", color="k", ms=10, mew=2)
+    bars.set_xticks(x, datasets, rotation=30, ha="right")
+    bars.set(ylabel="test force MAE (eV/Å)", title="test errors (bars: in fp64, ticks: own precision)")
+    bars.legend(frameon=False, fontsize=8)
+
+    if "structures_per_s" in table:
+        rates = table["structures_per_s"]
+        speed.bar(precisions, rates, color=[colours[p] for p in precisions])
+        if "speedup_vs_fp64" in table:
+            for k, (rate, ratio) in enumerate(zip(rates, table["speedup_vs_fp64"])):
+                if np.isfinite(rate):
+                    speed.annotate(f"{ratio:.2f}x", (k, rate), ha="center", va="bottom", fontsize=8)
+    speed.set(ylabel="structures / s", title="training throughput")
+    return fig
