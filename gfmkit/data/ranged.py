@@ -7,7 +7,9 @@ sharding, split selection and the per-process ADIOS2 handle live here once.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,37 @@ from ase import Atoms
 from gfmkit import keys
 from gfmkit.data import store_format as fmt
 from gfmkit.data.structure import Structure
+
+_SPLIT = re.compile(r"^(?P<name>[a-z]+)(?:\[:(?P<limit>\d+|\d*\.\d+|\d+\.)\])?$")
+
+
+def split_selection(codes: np.ndarray, split: str) -> np.ndarray:
+    """Indices of the structures in ``split``, given each structure's split code.
+
+    ``split`` is ``"train"``, ``"val"`` or ``"test"``, or a subset of one for learning curves:
+    ``"train[:100]"`` (100 of its structures) or ``"train[:0.25]"`` (a quarter, at least one). A
+    subset is a fixed random draw from the split (the same for every call), returned in store order,
+    and smaller subsets lie inside larger ones.
+    """
+    match = _SPLIT.match(split)
+    if match is None or match["name"] not in keys.SPLITS:
+        raise ValueError(f"unknown split {split!r}: use {', '.join(keys.SPLITS)}, or a subset such as "
+                         "train[:100] or train[:0.25]")
+    indices = np.flatnonzero(codes == keys.SPLITS.index(match["name"]))
+    limit = match["limit"]
+    if limit is None:
+        return indices
+    if "." in limit:
+        fraction = float(limit)
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"split {split!r}: a fraction must be in (0, 1]")
+        count = math.ceil(fraction * len(indices))
+    else:
+        count = int(limit)
+        if count < 1:
+            raise ValueError(f"split {split!r}: a subset needs at least one structure")
+    order = np.random.default_rng(0).permutation(len(indices))
+    return np.sort(indices[order[:count]])
 
 
 class RangedStore:
@@ -67,8 +100,8 @@ class RangedStore:
         return self._per_structure[fmt.SPLIT]
 
     def split_indices(self, split: str) -> np.ndarray:
-        """Indices (relative to this range) of the structures in ``split`` ("train", "val", "test")."""
-        return np.flatnonzero(self.split == keys.SPLITS.index(split))
+        """Indices (relative to this range) of the structures in ``split``: see :func:`split_selection`."""
+        return split_selection(self.split, split)
 
     def column(self, name: str) -> np.ndarray:
         """A per-structure array of this range by store variable name (e.g. ``energy``)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from gfmkit.train.config import (
     DataConfig,
+    InitConfig,
     LossConfig,
     OptimizerConfig,
     SamplerConfig,
@@ -28,6 +29,7 @@ __all__ = [
     "DataConfig",
     "Distributed",
     "Evaluation",
+    "InitConfig",
     "Launch",
     "LossConfig",
     "OptimizerConfig",

@@ -8,14 +8,16 @@ Unknown keys and wrong types are errors naming the key and the file. A minimal c
 
 Every section and its defaults::
 
-    data:      stores, train_split (train), val_split (val), preload, num_workers, cache_graphs, val_batch_size
+    data:      stores, train_split (train; or a subset: train[:100], train[:0.25]), val_split (val), preload,
+               num_workers, cache_graphs, val_batch_size
     model:     gfmkit.models.ModelConfig (hidden, layers, n_rbf, cutoff = the graph cutoff, ...)
     sampler:   strategy (temperature), temperature (2), weights {dataset: w}, batch_size, max_atoms,
                max_edges, samples_per_epoch
-    optimizer: lr, weight_decay, betas, eps, grad_clip, ema_decay            (AdamW)
+    optimizer: lr, weight_decay, betas, eps, grad_clip, ema_decay, encoder_lr_scale   (AdamW)
     schedule:  kind cosine|plateau|constant, warmup_steps, min_lr_ratio, factor, patience, threshold
     loss:      kind mse|mae|huber, huber_delta, energy, forces, stress, property (term weights),
                datasets {dataset: weight}, normalise
+    init:      checkpoint (a trained model to start from), heads {dataset: pretrained head}
     top level: max_steps, max_epochs, early_stopping_patience, precision, device, seed, validate_every,
                checkpoint_every, log_every, wall_time, stop_margin, progress
 """
@@ -38,7 +40,7 @@ class DataConfig:
     """Which stores to train on and how graphs are made (the cutoff is ``model.cutoff``)."""
 
     stores: list[str] = field(default_factory=list)  # store paths, or directories holding *.bp stores
-    train_split: str = "train"
+    train_split: str = "train"  # or a fixed random subset of it: "train[:100]", "train[:0.25]"
     val_split: str | None = "val"  # None: no validation (no best checkpoint, no early stopping)
     preload: bool = True  # read each store's per-atom arrays once (fast random access)
     num_workers: int = 0  # DataLoader workers building neighbour lists (0: in the training process)
@@ -87,6 +89,9 @@ class OptimizerConfig:
     eps: float = 1e-8
     grad_clip: float | None = 10.0  # max global gradient norm; None: no clipping
     ema_decay: float | None = 0.99  # None: no EMA (validation and checkpoints use the raw weights)
+    # the encoder's learning rate is lr * encoder_lr_scale (fine-tuning); 0 freezes it: its weights
+    # take no gradient and do not change, only the heads train
+    encoder_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -95,6 +100,8 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"optimizer.grad_clip must be positive, got {self.grad_clip}")
+        if self.encoder_lr_scale < 0:
+            raise ValueError(f"optimizer.encoder_lr_scale must be >= 0, got {self.encoder_lr_scale}")
         if self.weight_decay < 0 or self.eps <= 0 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError("optimizer.weight_decay must be >= 0, optimizer.eps > 0 and optimizer.betas in [0, 1)")
 
@@ -152,6 +159,25 @@ class LossConfig:
 
 
 @dataclass
+class InitConfig:
+    """Start a new run from a trained model's weights (fine-tuning, transfer).
+
+    ``checkpoint``: the trained model; its encoder is copied and its model config is used (the run's
+    ``model`` section must be left out or equal it). ``heads``: dataset of this run -> pretrained head
+    whose weights start that dataset's head; a dataset not listed starts from the pretrained head of
+    its own name if there is one, else from fresh weights. Head statistics (references, scale, shift)
+    are always fitted on this run's training data. A resumed run ignores this section.
+    """
+
+    checkpoint: str | None = None
+    heads: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.heads and self.checkpoint is None:
+            raise ValueError("init.heads needs init.checkpoint")
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; saved as ``config.yaml`` in the run directory."""
 
@@ -161,6 +187,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     max_steps: int | None = 1000  # optimiser steps; the run stops at whichever of max_steps/max_epochs comes first
     max_epochs: int | None = None
     early_stopping_patience: int | None = None  # validations without improvement before stopping
@@ -202,6 +229,7 @@ def load_train_config(source: str | os.PathLike | Mapping[str, Any] | TrainConfi
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "InitConfig",
     "LossConfig",
     "OptimizerConfig",
     "SamplerConfig",

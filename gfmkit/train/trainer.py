@@ -47,9 +47,10 @@ from gfmkit.data.multi import DatasetRegistry, open_stores
 from gfmkit.data.sampling import DatasetMixer, GlobalBatchSampler
 from gfmkit.files import atomic_path, atomic_write_text
 from gfmkit.log import get_logger
-from gfmkit.models import build_model, read_checkpoint, save_checkpoint
+from gfmkit.models import build_model, load_model, read_checkpoint, save_checkpoint
 from gfmkit.models.config import HeadConfig, ModelConfig
 from gfmkit.models.multihead import MultiHeadPaiNN
+from gfmkit.models.transfer import head_sources, transfer_weights
 from gfmkit.precision import check_supported, get_policy, precision_scope
 from gfmkit.rundir import RunDir
 from gfmkit.train.config import TrainConfig, load_train_config
@@ -133,6 +134,7 @@ class Trainer:
         if checkpoint is None and (self.run.checkpoints / LAST).exists():
             raise TrainingError(f"{self.run.path} already holds a run ({LAST}); pass resume='auto' or use a new directory")
         state = self._read_resume_state(checkpoint)
+        self.model_config = self._model_config(state, checkpoint)
 
         self._open_data(state)
         self.model = self._build_model(state, checkpoint)
@@ -144,7 +146,7 @@ class Trainer:
         self.any_forces = bool(self.heads.is_energy.any())
         self._build_loader()
         opt = config.optimizer
-        self.optimizer = torch.optim.AdamW(self.weights.params, lr=opt.lr, betas=opt.betas, eps=opt.eps,
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=opt.lr, betas=opt.betas, eps=opt.eps,
                                            weight_decay=opt.weight_decay)
         self.batches_per_epoch = len(self.sampler)
         totals = [t for t in (config.max_steps, None if config.max_epochs is None else config.max_epochs * self.batches_per_epoch) if t]
@@ -179,6 +181,26 @@ class Trainer:
                                 "resume with the same precision (or fine-tune from its weights in a new run)")
         return state
 
+    def _model_config(self, state: dict[str, Any] | None, checkpoint: Path | None) -> ModelConfig:
+        """The checkpoint's model config on resume, the pretrained model's with ``init.checkpoint``, else
+        the config's own ``model`` section."""
+        config = self.config
+        if state is not None:
+            saved = load_config(ModelConfig, state["config"], where=f"{checkpoint} (config)")
+            if saved != config.model:
+                log.warning("resuming with the checkpoint's model config %s (the config file says %s)", saved, config.model)
+            return saved
+        if config.init.checkpoint is None:
+            return config.model
+        pretrained = read_checkpoint(config.init.checkpoint)
+        saved = load_config(ModelConfig, pretrained["config"], where=f"{config.init.checkpoint} (config)")
+        if config.model not in (ModelConfig(), saved):
+            differ = {k: (v, getattr(saved, k)) for k, v in config_to_dict(config.model).items()
+                      if config_to_dict(getattr(saved, k)) != v}
+            raise TrainingError(f"model section {differ} (config, pretrained) contradicts init.checkpoint "
+                                f"{config.init.checkpoint}: leave it out, the pretrained model's is used")
+        return saved
+
     def _open_data(self, state: dict[str, Any] | None) -> None:
         """Stores (with the checkpoint's registry when resuming) and the train/val graph datasets, in the
         policy's sensitive dtype."""
@@ -186,30 +208,54 @@ class Trainer:
         registry = DatasetRegistry(state["registry"]) if state is not None and "registry" in state else None
         self.stores = open_stores(config.data.stores, registry=registry, preload=config.data.preload)
         dtype = self.policy.sensitive_dtype
-        self.train_set = GraphDataset(self.stores, config.model.cutoff, split=config.data.train_split, dtype=dtype)
+        cutoff = self.model_config.cutoff
+        try:
+            self.train_set = GraphDataset(self.stores, cutoff, split=config.data.train_split, dtype=dtype)
+        except ValueError as exc:
+            raise TrainingError(f"data.train_split: {exc}") from None
         if len(self.train_set) == 0:
             raise TrainingError(f"no structures in split {config.data.train_split!r} of {config.data.stores}")
         self.val_set = None
         if config.data.val_split:
-            val = GraphDataset(self.stores, config.model.cutoff, split=config.data.val_split, dtype=dtype,
+            val = GraphDataset(self.stores, cutoff, split=config.data.val_split, dtype=dtype,
                                property_names=self.train_set.property_names)
             self.val_set = val if len(val) else None
 
     def _build_model(self, state: dict[str, Any] | None, checkpoint: Path | None) -> MultiHeadPaiNN:
-        """Fitted head statistics on a fresh run, the checkpoint's heads on resume; in the policy's dtype."""
+        """Fitted head statistics on a fresh run (started from ``init.checkpoint``'s weights if given), the
+        checkpoint's heads on resume; in the policy's dtype, the encoder frozen if its learning rate is 0."""
         config = self.config
+        self.head_sources: dict[str, str | None] = {}
         if state is None:
             seed_everything(config.seed)
-            model = build_model(config.model, self.stores, split=config.data.train_split)
+            model = build_model(self.model_config, self.stores, split=config.data.train_split)
         else:
-            saved = load_config(ModelConfig, state["config"], where=f"{checkpoint} (config)")
-            if saved != config.model:
-                log.warning("resuming with the checkpoint's model config %s (the config file says %s)", saved, config.model)
-            model = MultiHeadPaiNN(saved, [load_config(HeadConfig, h, where=str(checkpoint)) for h in state["heads"]])
+            model = MultiHeadPaiNN(self.model_config,
+                                   [load_config(HeadConfig, h, where=str(checkpoint)) for h in state["heads"]])
         missing = [name for name in self.stores.registry.names if name not in model.head_names]
         if missing:
             raise TrainingError(f"dataset(s) {missing} have no head in the model (heads: {model.head_names})")
-        return model.to(self.device).to(self.policy.param_dtype)
+        model = model.to(self.device).to(self.policy.param_dtype)
+        if state is None and config.init.checkpoint is not None:  # copied in the run's dtype: no extra rounding
+            pretrained = load_model(config.init.checkpoint, map_location=self.device)
+            try:
+                self.head_sources = head_sources(model.head_names, pretrained.head_names, config.init.heads)
+                transfer_weights(model, pretrained, self.head_sources)
+            except (KeyError, ValueError) as exc:
+                raise TrainingError(f"init from {config.init.checkpoint}: {exc}") from None
+        if config.optimizer.encoder_lr_scale == 0:
+            model.encoder.requires_grad_(False)
+        return model
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """One AdamW group, or two when the encoder learns at its own rate (``lr_scale`` x the schedule's)."""
+        scale = self.config.optimizer.encoder_lr_scale
+        named = self.weights.named()
+        encoder = [p for name, p in named.items() if name.startswith("encoder.")]
+        if scale in (0.0, 1.0) or not encoder:  # frozen encoder weights are not among the optimised ones
+            return [{"params": list(named.values()), "lr_scale": 1.0}]
+        rest = [p for name, p in named.items() if not name.startswith("encoder.")]
+        return [{"params": encoder, "lr_scale": scale}, {"params": rest, "lr_scale": 1.0}]
 
     def _build_loader(self) -> None:
         """The imbalance-aware global-batch sampler (this rank's slices) and the DataLoader over it."""
@@ -331,7 +377,7 @@ class Trainer:
         global gradient, AdamW, EMA; returns (lr, grad norm before clipping, seconds in the all-reduce)."""
         lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         if sums.requires_grad:
             combine(sums, global_counts, self.heads, self.config.loss).backward()
@@ -547,8 +593,15 @@ class Trainer:
             "parameters": sum(p.numel() for p in self.weights.params),
             "total_steps": self.total_steps,
             "resumed_from": None if resumed_from is None else str(resumed_from),
+            "initialised_from": self.config.init.checkpoint,
+            "head_sources": self.head_sources or self._previous_run_info().get("head_sources", {}),
+            "frozen_parameters": sum(p.numel() for p in self.model.parameters() if not p.requires_grad),
         }
         atomic_write_text(self.run.path / "run.json", json.dumps(info, indent=2))
+
+    def _previous_run_info(self) -> dict[str, Any]:
+        path = self.run.path / "run.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def _emit(self, record: dict[str, Any]) -> None:
         if not self.is_main:
