@@ -19,7 +19,8 @@ from gfmkit.studies import (
     precision_table,
     run_precision_study,
 )
-from gfmkit.studies.precision import STUDY, _finished
+from gfmkit.studies.precision import STUDY
+from gfmkit.studies.runs import finished
 
 
 def tiny_config(demo_dir: Path, steps: int = 12) -> dict:
@@ -104,7 +105,7 @@ def test_a_second_call_keeps_finished_runs_and_evaluations(study, demo_dir):
     assert {p: (out / p / "evaluation-fp64" / "summary.csv").stat().st_mtime_ns for p in PRECISIONS} == stamps
     assert json.loads((out / STUDY).read_text())["precisions"] == list(PRECISIONS)
     pd.testing.assert_frame_equal(again, table)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match="other config"):
         run_precision_study(tiny_config(demo_dir, steps=13), out, ["fp32"], progress=False)
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         run_precision_study(tiny_config(demo_dir), out, ["fp16"], progress=False)
@@ -116,9 +117,9 @@ def test_only_a_run_that_ran_to_its_end_counts_as_finished(tmp_path):
             {"phase": "event", "event": "start", "step": 0},
             {"phase": "train", "step": 1, "loss_interval": 1.0},
             {"phase": "event", "event": "stop", "step": 1, "reason": reason}]) + "\n")
-        return _finished(tmp_path)
+        return finished(tmp_path)
 
-    assert not _finished(tmp_path)
+    assert not finished(tmp_path)
     assert stopped("finished") and stopped("early_stopping")
     assert not stopped("SIGTERM") and not stopped("wall time")
 
@@ -134,4 +135,4 @@ def test_cli_reads_a_finished_study(study, tmp_path):
     assert (out / "precision.png").stat().st_size > 10_000
     missing = subprocess.run([str(exe), "precision", "--table", "--out", str(tmp_path)], capture_output=True,
                              text=True, timeout=120, check=False)
-    assert missing.returncode == 1 and "not a precision study" in missing.stderr
+    assert missing.returncode == 1 and "not a study directory" in missing.stderr

@@ -18,7 +18,6 @@ an unfinished run resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +28,14 @@ from tqdm.auto import tqdm
 
 from gfmkit.comm import world
 from gfmkit.config import config_to_dict
-from gfmkit.files import atomic_write_text
 from gfmkit.precision import Precision
+from gfmkit.studies.runs import (
+    evaluate_once,
+    open_study,
+    read_study,
+    run_metrics,
+    train_to_end,
+)
 from gfmkit.studies.scaling import run_throughput
 
 PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
@@ -38,20 +43,8 @@ STUDY = "precision.json"
 ERROR_COLUMNS = ("energy_mae", "forces_mae", "stress_mae", "property_mae")
 
 
-def _study(out: Path) -> dict[str, Any]:
-    path = out / STUDY
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a precision study (no such file; start one with run_precision_study or gfmkit precision CONFIG)")
-    return json.loads(path.read_text())
-
-
-def _finished(run_dir: Path) -> bool:
-    """Whether the run in ``run_dir`` stopped because it was done (not by a signal or the wall time)."""
-    metrics = _metrics(run_dir)
-    if metrics.empty or "event" not in metrics:
-        return False
-    stops = metrics[(metrics["phase"] == "event") & (metrics["event"] == "stop")]
-    return len(stops) > 0 and stops["reason"].iloc[-1] in ("finished", "early_stopping")
+def _study(out: str | os.PathLike) -> dict[str, Any]:
+    return read_study(out, STUDY, "run_precision_study or gfmkit precision CONFIG")
 
 
 def _precision_names(precisions: Sequence[str]) -> list[str]:
@@ -89,44 +82,21 @@ def run_precision_study(
     process; under ``mpiexec`` every rank calls this, each training runs data-parallel, rank 0
     evaluates and returns the table (the other ranks an empty one).
     """
-    from gfmkit.train import evaluate, load_train_config, train
-    from gfmkit.train.evaluate import load_run_checkpoint
+    from gfmkit.train import load_train_config
 
     base = config_to_dict(load_train_config(config))
-    precisions = _precision_names(precisions)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    settings = {"precisions": _precision_names(precisions), "split": split, "max_structures": max_structures,
+                "warmup": warmup, "config": base}
+    open_study(out, STUDY, settings, grows=["precisions"], command="run_precision_study")
     main = world().rank == 0
-    study = json.loads(json.dumps({"precisions": precisions, "split": split, "max_structures": max_structures,
-                                   "warmup": warmup, "config": base}))
-    if (out / STUDY).is_file():  # every rank checks, so that none goes on alone
-        previous = _study(out)
-        if previous["config"] != study["config"] or previous["split"] != split:
-            raise ValueError(f"{out / STUDY}: holds a study of another config or split; use a new directory")
-        study["precisions"] = list(dict.fromkeys(previous["precisions"] + precisions))
-    if main:
-        atomic_write_text(out / STUDY, json.dumps(study, indent=1))
-
-    for precision in tqdm(precisions, desc="precisions", unit="run", disable=not (progress and main)):
-        run_dir = out / precision
-        if not _finished(run_dir):
-            train({**base, "precision": precision, "log_every": 1, "progress": progress and base["progress"]},
-                  run_dir, resume="auto")
-        if not main:
-            continue
-        checkpoint = load_run_checkpoint(run_dir, "best")
-        for evaluated_in in dict.fromkeys(("fp64", precision)):
-            target = evaluation_dir(run_dir, evaluated_in)
-            if not (target / "summary.csv").is_file():
-                evaluate(checkpoint, base["data"]["stores"], split=split, out=target, precision=evaluated_in,
-                         max_structures=max_structures, figures=False)
+    for precision in tqdm(settings["precisions"], desc="precisions", unit="run", disable=not (progress and main)):
+        run_dir = Path(out) / precision
+        train_to_end({**base, "precision": precision, "log_every": 1, "progress": progress and base["progress"]}, run_dir)
+        if main:
+            for evaluated_in in dict.fromkeys(("fp64", precision)):
+                evaluate_once(run_dir, base["data"]["stores"], evaluation_dir(run_dir, evaluated_in), split=split,
+                              precision=evaluated_in, max_structures=max_structures)
     return precision_table(out) if main else pd.DataFrame()
-
-
-def _metrics(run_dir: Path) -> pd.DataFrame:
-    path = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    return pd.DataFrame(rows)
 
 
 def precision_errors(out: str | os.PathLike) -> pd.DataFrame:
@@ -156,7 +126,7 @@ def precision_table(out: str | os.PathLike) -> pd.DataFrame:
     for precision in study["precisions"]:
         run_dir = out / precision
         row: dict[str, Any] = {"precision": precision}
-        metrics = _metrics(run_dir)
+        metrics = run_metrics(run_dir)
         if metrics.empty:
             row["missing"] = f"{run_dir}: no metrics (not run yet)"
             rows.append(row)
@@ -205,7 +175,7 @@ def precision_history(out: str | os.PathLike) -> pd.DataFrame:
     out = Path(out)
     frames = []
     for precision in _study(out)["precisions"]:
-        metrics = _metrics(out / precision)
+        metrics = run_metrics(out / precision)
         if metrics.empty:
             continue
         train = metrics[metrics["phase"] == "train"]

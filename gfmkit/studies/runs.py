@@ -1,0 +1,80 @@
+"""What the studies share: a study file beside its run directories, runs trained to their end once
+(resumed if they stopped early), and test evaluations made once per run and precision."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gfmkit.comm import world
+from gfmkit.files import atomic_write_text
+
+
+def read_study(out: str | os.PathLike, filename: str, command: str) -> dict[str, Any]:
+    """The study file ``out/filename``; a clear error naming ``command`` when there is none."""
+    path = Path(out) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a study directory (no such file; start one with {command})")
+    return json.loads(path.read_text())
+
+
+def open_study(out: str | os.PathLike, filename: str, settings: Mapping[str, Any], grows: Sequence[str],
+               command: str) -> dict[str, Any]:
+    """Create or continue the study in ``out``: ``settings`` must equal the stored ones except for the
+    lists named in ``grows``, which are merged (new items appended). Every rank checks, rank 0 writes."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    study = json.loads(json.dumps(dict(settings)))
+    if (out / filename).is_file():
+        previous = read_study(out, filename, command)
+        fixed = {k for k in study if k not in grows}
+        changed = sorted(k for k in fixed if previous.get(k) != study[k])
+        if changed:
+            raise ValueError(f"{out / filename}: holds a study with other {', '.join(changed)}; use a new directory")
+        for key in grows:
+            study[key] = list(dict.fromkeys(previous.get(key, []) + study[key]))
+    if world().rank == 0:
+        atomic_write_text(out / filename, json.dumps(study, indent=1))
+    return study
+
+
+def run_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """A run's ``metrics.jsonl`` as a table (empty when it has none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return pd.DataFrame(rows)
+
+
+def finished(run_dir: str | os.PathLike) -> bool:
+    """Whether the run in ``run_dir`` stopped because it was done (not by a signal or the wall time)."""
+    metrics = run_metrics(run_dir)
+    if metrics.empty or "event" not in metrics:
+        return False
+    stops = metrics[(metrics["phase"] == "event") & (metrics["event"] == "stop")]
+    return len(stops) > 0 and stops["reason"].iloc[-1] in ("finished", "early_stopping")
+
+
+def train_to_end(settings: Mapping[str, Any], run_dir: str | os.PathLike) -> None:
+    """Train ``settings`` in ``run_dir`` unless that run already finished; resume it if it stopped early."""
+    if not finished(run_dir):
+        from gfmkit.train import train
+
+        train(dict(settings), run_dir, resume="auto")
+
+
+def evaluate_once(run_dir: str | os.PathLike, stores: Sequence[str], target: str | os.PathLike, *, split: str,
+                  precision: str = "fp64", max_structures: int | None = None) -> Path:
+    """Evaluate the run's best checkpoint into ``target`` unless that was done; the summary's path."""
+    from gfmkit.train import evaluate
+    from gfmkit.train.evaluate import load_run_checkpoint
+
+    summary = Path(target) / "summary.csv"
+    if not summary.is_file():
+        evaluate(load_run_checkpoint(run_dir, "best"), list(stores), split=split, out=target, precision=precision,
+                 max_structures=max_structures, figures=False)
+    return summary
