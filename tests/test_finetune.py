@@ -126,3 +126,75 @@ def test_bad_initialisations_are_clear_errors(pretrained, demo_dir, tmp_path):
             Trainer(config(downstream(demo_dir), **extra), tmp_path / f"run{k}")
     with pytest.raises(ValueError, match="init.heads needs init.checkpoint"):
         Trainer(config(downstream(demo_dir), init={"heads": {"alloys_al": "bulk"}}), tmp_path / "run_x")
+
+
+# -- the fine-tuning study -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study(pretrained, demo_dir, tmp_path_factory):
+    from gfmkit.studies import run_finetune_study
+
+    out = tmp_path_factory.mktemp("finetune") / "study"
+    table = run_finetune_study(pretrained, config(downstream(demo_dir), max_steps=4), out, fractions=(0.5, 1.0),
+                               heads={"alloys_al": "bulk"}, max_structures=3, progress=False)
+    return out, table
+
+
+def test_study_runs_every_strategy_and_fraction_as_configured(study, pretrained, demo_dir):
+    import yaml
+
+    out, table = study
+    assert len(table) == 3 * 2 * len(DOWNSTREAM)
+    sizes = table.pivot_table(index="dataset", columns="fraction", values="train_structures", aggfunc="max")
+    for dataset in DOWNSTREAM:
+        full = len(Store(demo_dir / f"{dataset}.bp").split_indices("train"))
+        assert sizes.loc[dataset, 1.0] == full and sizes.loc[dataset, 0.5] == int(np.ceil(full / 2))
+    source = load_model(pretrained).double()
+    for strategy in ("scratch", "frozen", "full"):
+        saved = yaml.safe_load((out / f"{strategy}-0.5" / "config.yaml").read_text())
+        info = json.loads((out / f"{strategy}-0.5" / "run.json").read_text())
+        assert saved["data"]["train_split"] == "train[:0.5]"
+        assert saved["model"] == {k: v for k, v in source.config.__dict__.items()}  # same architecture for all
+        assert info["initialised_from"] == (None if strategy == "scratch" else str(pretrained))
+        assert saved["optimizer"]["encoder_lr_scale"] == (0.0 if strategy == "frozen" else 1.0)
+    frozen = load_model(out / "frozen-1" / "checkpoints" / "best.pt")
+    assert all(torch.equal(a, b) for a, b in zip(frozen.encoder.state_dict().values(), source.encoder.state_dict().values()))
+    assert json.loads((out / "full-1" / "run.json").read_text())["head_sources"]["alloys_al"] == "bulk"
+
+
+def test_study_tables_come_back_from_run_directories_and_are_not_redone(study, pretrained, demo_dir):
+    import pandas as pd
+
+    from gfmkit.studies import finetune_table, run_finetune_study, transfer_gain
+    from gfmkit.viz.finetune import finetune_figure
+
+    out, table = study
+    pd.testing.assert_frame_equal(finetune_table(out), table)
+    gain = transfer_gain(table)
+    assert list(gain.columns) == ["frozen", "full"] and len(gain) == 2 * 2  # two energy datasets x two fractions
+    assert len(finetune_figure(out).axes) == len(DOWNSTREAM)
+    before = {p.name: (p / "metrics.jsonl").read_bytes() for p in out.iterdir() if p.is_dir()}
+    again = run_finetune_study(pretrained, config(downstream(demo_dir), max_steps=4), out, fractions=(1.0,),
+                               strategies=["full"], heads={"alloys_al": "bulk"}, max_structures=3, progress=False)
+    assert {p.name: (p / "metrics.jsonl").read_bytes() for p in out.iterdir() if p.is_dir()} == before
+    pd.testing.assert_frame_equal(again, table)
+    with pytest.raises(ValueError, match="other config"):
+        run_finetune_study(pretrained, config(downstream(demo_dir), max_steps=5), out, progress=False)
+    with pytest.raises(ValueError, match="unknown strategies"):
+        run_finetune_study(pretrained, config(downstream(demo_dir)), out, strategies=["linear"], progress=False)
+
+
+def test_cli_reads_a_finished_fine_tuning_study(study):
+    import subprocess
+    import sys
+
+    out, _ = study
+    exe = Path(sys.executable).parent / "gfmkit"
+    result = subprocess.run([str(exe), "finetune", "--table", "--out", str(out)], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (out / "finetune.csv").is_file() and (out / "finetune.png").stat().st_size > 10_000
+    bad = subprocess.run([str(exe), "finetune", "x.pt", "c.yaml", "--heads", "alloys_al"], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert bad.returncode == 1 and "DATASET=HEAD" in bad.stderr

@@ -1,6 +1,11 @@
-"""Studies built on training and inference: scaling and precision (more land with fine-tuning and
-screening)."""
+"""Studies built on training and inference: scaling, precision and fine-tuning (screening lands later)."""
 
+from gfmkit.studies.finetune import (
+    STRATEGIES,
+    finetune_table,
+    run_finetune_study,
+    transfer_gain,
+)
 from gfmkit.studies.precision import (
     PRECISIONS,
     loss_drift,
@@ -18,13 +23,17 @@ from gfmkit.studies.scaling import (
 
 __all__ = [
     "PRECISIONS",
+    "STRATEGIES",
+    "finetune_table",
     "loss_drift",
     "plan_scaling",
     "precision_errors",
     "precision_history",
     "precision_table",
+    "run_finetune_study",
     "run_precision_study",
     "run_scaling",
     "run_throughput",
     "scaling_table",
+    "transfer_gain",
 ]

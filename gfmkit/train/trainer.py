@@ -29,6 +29,7 @@ an uninterrupted run, with and without DataLoader workers).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -135,6 +137,8 @@ class Trainer:
             raise TrainingError(f"{self.run.path} already holds a run ({LAST}); pass resume='auto' or use a new directory")
         state = self._read_resume_state(checkpoint)
         self.model_config = self._model_config(state, checkpoint)
+        if self.model_config != config.model:  # config.yaml shows the architecture actually trained
+            self.config = config = dataclasses.replace(config, model=self.model_config)
 
         self._open_data(state)
         self.model = self._build_model(state, checkpoint)
@@ -589,6 +593,8 @@ class Trainer:
             "torch_threads": torch.get_num_threads(),
             "registry": list(self.stores.registry.names),
             "train_structures": len(self.train_set),
+            "train_structures_per_dataset": dict(zip(self.stores.registry.names, map(int, np.bincount(
+                self.train_set.head, minlength=len(self.stores.registry.names))))),
             "val_structures": 0 if self.val_set is None else len(self.val_set),
             "parameters": sum(p.numel() for p in self.weights.params),
             "total_steps": self.total_steps,
