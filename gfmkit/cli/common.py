@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -39,3 +40,18 @@ def print_table(frame: pd.DataFrame) -> None:
 def print_json(data: Any) -> None:
     if rank() == 0:
         print(json.dumps(data, indent=2, default=str))
+
+
+def save_results(out: Path, tables: dict[str, pd.DataFrame], figure_name: str, figure: Any) -> None:
+    """Write ``tables`` (file name -> table) as CSV and ``figure`` as a PNG into ``out``, each
+    atomically, and close the figure."""
+    import matplotlib.pyplot as plt
+
+    from gfmkit.files import atomic_path
+
+    for name, table in tables.items():
+        with atomic_path(out / name) as tmp:
+            table.to_csv(tmp, index=False)
+    with atomic_path(out / figure_name) as tmp:
+        figure.savefig(tmp, dpi=150, format="png")
+    plt.close(figure)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, rank, setup_logging
+from gfmkit.cli.common import CLIError, print_table, rank, save_results, setup_logging
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,17 +63,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     if rank() != 0:
         return 0
-    import matplotlib.pyplot as plt
-
-    from gfmkit.files import atomic_path
     from gfmkit.viz.finetune import finetune_figure
 
-    with atomic_path(args.out / "finetune.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    fig = finetune_figure(table)
-    with atomic_path(args.out / "finetune.png") as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    save_results(args.out, {"finetune.csv": table}, "finetune.png", finetune_figure(table))
     print_table(table)
     print(f"table and figure in {args.out}")
     return 0

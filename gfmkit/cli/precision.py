@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, rank, setup_logging
+from gfmkit.cli.common import CLIError, print_table, rank, save_results, setup_logging
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,18 +54,9 @@ def run(args: argparse.Namespace) -> int:
         errors = precision_errors(args.out)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CLIError(str(exc)) from None
-    import matplotlib.pyplot as plt
-
-    from gfmkit.files import atomic_path
     from gfmkit.viz.precision import precision_figure
 
-    for frame, name in ((table, "precision.csv"), (errors, "errors.csv")):
-        with atomic_path(args.out / name) as tmp:
-            frame.to_csv(tmp, index=False)
-    fig = precision_figure(args.out)
-    with atomic_path(args.out / "precision.png") as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    save_results(args.out, {"precision.csv": table, "errors.csv": errors}, "precision.png", precision_figure(args.out))
     print_table(table)
     print(f"table, errors and figure in {args.out}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, setup_logging
+from gfmkit.cli.common import CLIError, print_table, save_results, setup_logging
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,12 +52,8 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         raise CLIError(str(exc)) from None
     if "efficiency" in table:
-        import matplotlib.pyplot as plt
-
         fig = scaling_figure(table, unit="ranks" if (table["nodes"] == 1).all() else "nodes")
-        fig.savefig(out / "scaling.png", dpi=150)
-        plt.close(fig)
-        table.to_csv(out / "scaling.csv", index=False)
+        save_results(out, {"scaling.csv": table}, "scaling.png", fig)
         print_table(table.drop(columns=[c for c in ("missing",) if c in table]).round(4))
         print(f"table and figure in {out}")
     else:
