@@ -136,3 +136,24 @@ def test_cli_reads_a_finished_study(study, tmp_path):
     missing = subprocess.run([str(exe), "precision", "--table", "--out", str(tmp_path)], capture_output=True,
                              text=True, timeout=120, check=False)
     assert missing.returncode == 1 and "not a study directory" in missing.stderr
+
+
+STUDY_ON_RANKS = """
+import json
+from gfmkit.studies import run_precision_study
+table = run_precision_study(json.loads({config!r}), {out!r}, ["fp64", "fp32"], max_structures=2, warmup=2, progress=False)
+emit({{"rows": len(table), "precisions": list(table["precision"]) if len(table) else []}})
+"""
+
+
+@pytest.mark.mpi
+def test_a_study_under_mpiexec_trains_on_all_ranks_and_rank_0_evaluates(run_mpi, demo_dir, tmp_path):
+    out = tmp_path / "study"
+    result = run_mpi(STUDY_ON_RANKS.format(config=json.dumps(tiny_config(demo_dir, steps=4)), out=str(out)), n=2,
+                     timeout=240)
+    (first,), (second,) = result.emitted
+    assert first == {"rows": 2, "precisions": ["fp64", "fp32"]} and second == {"rows": 0, "precisions": []}
+    for precision in ("fp64", "fp32"):
+        assert json.loads((out / precision / "run.json").read_text())["world_size"] == 2
+        assert (out / precision / "evaluation-fp64" / "summary.csv").is_file()
+    assert (precision_table(out)["steps"] == 4).all()
