@@ -10,13 +10,14 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 from test_train import one_thread, tiny_config  # noqa: F401
 
 from gfmkit.data.graphs import GraphDataset, collate
-from gfmkit.train.evaluate import LiveLossPlot, evaluate, plot_history
+from gfmkit.train.evaluate import PREDICTIONS, LiveLossPlot, evaluate, plot_history
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +81,8 @@ def test_error_matrix_parity_and_per_element_errors(trained_checkpoint, demo_sto
     out = tmp_path / "eval"
     for name in ("error_matrix.csv", "summary.csv", "per_element.csv"):
         assert (out / name).stat().st_size > 0
+    # the parity data is kept too (figures are redrawn from files alone), and reads back equal
+    pd.testing.assert_frame_equal(pd.read_csv(out / PREDICTIONS), result.predictions, check_exact=False, rtol=1e-12)
     for name in ("error_matrix", "parity", "per_element_forces"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
 

@@ -198,3 +198,11 @@ def test_cli_reads_a_finished_fine_tuning_study(study):
     bad = subprocess.run([str(exe), "finetune", "x.pt", "c.yaml", "--heads", "alloys_al"], capture_output=True,
                          text=True, timeout=120, check=False)
     assert bad.returncode == 1 and "DATASET=HEAD" in bad.stderr
+
+
+def test_paper_figures_find_the_fine_tuning_study(study, tmp_path):
+    from gfmkit.viz.figures import regenerate
+
+    out, _ = study
+    table = regenerate(out, tmp_path, formats=("png",), progress=False)
+    assert list(zip(table["kind"], table["figure"], table["error"])) == [("fine-tuning study", "finetune", None)]

@@ -157,3 +157,11 @@ def test_a_study_under_mpiexec_trains_on_all_ranks_and_rank_0_evaluates(run_mpi,
         assert json.loads((out / precision / "run.json").read_text())["world_size"] == 2
         assert (out / precision / "evaluation-fp64" / "summary.csv").is_file()
     assert (precision_table(out)["steps"] == 4).all()
+
+
+def test_paper_figures_find_the_study_and_not_its_runs(study, tmp_path):
+    from gfmkit.viz.figures import regenerate
+
+    out, _ = study
+    table = regenerate(out.parent, tmp_path, formats=("pdf",), progress=False)
+    assert list(zip(table["kind"], table["figure"], table["error"])) == [("precision study", "precision", None)]

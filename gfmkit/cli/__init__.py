@@ -10,6 +10,7 @@ from gfmkit._version import __version__
 from gfmkit.cli import cluster as cluster_cli
 from gfmkit.cli import data as data_cli
 from gfmkit.cli import demo as demo_cli
+from gfmkit.cli import figures as figures_cli
 from gfmkit.cli import finetune as finetune_cli
 from gfmkit.cli import kernel as kernel_cli
 from gfmkit.cli import precision as precision_cli
@@ -21,7 +22,6 @@ from gfmkit.cli.common import CLIError, fail
 NOT_BUILT = {
     "hpo": ("DeepHyper hyperparameter search", None),
     "screen": ("billion-structure screening with encoder reuse and weighted heads", None),
-    "figures": ("regenerate paper figures from run directories", None),
 }
 
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     scaling_cli.add_parser(sub)
     precision_cli.add_parser(sub)
     finetune_cli.add_parser(sub)
+    figures_cli.add_parser(sub)
     demo_cli.add_parser(sub)
     return parser
 

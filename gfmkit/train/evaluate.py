@@ -35,6 +35,9 @@ METRICS = ("energy_mae", "forces_mae", "stress_mae", "property_mae")
 UNITS = {"energy_mae": "eV/atom", "forces_mae": "eV/Å", "stress_mae": "eV/Å³", "property_mae": "property units"}
 
 
+#: own-head predicted and true values of an evaluation written to ``out`` (gzip CSV)
+PREDICTIONS = "predictions.csv.gz"
+
 @dataclass
 class Evaluation:
     """Tables and figures of :func:`evaluate`.
@@ -174,6 +177,7 @@ def evaluate(
         matrix.to_csv(run.path / "error_matrix.csv", index=False)
         summary.to_csv(run.path / "summary.csv", index=False)
         per_element.to_csv(run.path / "per_element.csv", index=False)
+        predictions.to_csv(run.path / PREDICTIONS, index=False)  # parity figures redrawn from files alone
         for name, fig in result.figures.items():
             run.save_figure(fig, name)
         result.out = run

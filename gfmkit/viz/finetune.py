@@ -27,6 +27,8 @@ def finetune_figure(out: str | os.PathLike | pd.DataFrame) -> Figure:
     """Learning curves of a fine-tuning study (its directory, or :func:`finetune_table`'s table): one
     panel per downstream dataset, test MAE against that dataset's training structures (log-log)."""
     table = out if isinstance(out, pd.DataFrame) else finetune_table(out)
+    if table.empty:
+        raise ValueError(f"{'table' if isinstance(out, pd.DataFrame) else out}: no evaluated runs to draw yet")
     datasets = sorted(table["dataset"].unique()) if len(table) else []
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4.2 * max(1, len(datasets)), 3.6),
                              constrained_layout=True, squeeze=False)

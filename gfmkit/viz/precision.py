@@ -26,6 +26,8 @@ def precision_figure(out: str | os.PathLike, *, smooth: int = 10) -> Figure:
     ticks). Bottom right: training throughput, labelled with the speedup over fp64.
     """
     history, errors, table = precision_history(out), precision_errors(out), precision_table(out)
+    if history.empty:
+        raise ValueError(f"{out}: no training metrics to draw yet")
     fig, ((curves, drift), (bars, speed)) = plt.subplots(2, 2, figsize=(12, 7.5), constrained_layout=True)
     precisions = list(table["precision"])
     colours = {p: f"C{k}" for k, p in enumerate(precisions)}

@@ -1,0 +1,71 @@
+"""Paper figures regenerated from run directories alone (gfmkit.viz.figures, gfmkit figures)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gfmkit.viz.figures import classify, regenerate
+
+
+def fonts_embedded(pdf: Path) -> bool:
+    data = pdf.read_bytes()
+    return b"FontFile2" in data and b"/Type3" not in data
+
+
+@pytest.fixture(scope="module")
+def paper(tiny_checkpoint, demo_dir, tmp_path_factory) -> Path:
+    """A folder holding a copy of the tiny training run, with an evaluation inside it."""
+    from gfmkit.train import evaluate
+
+    root = tmp_path_factory.mktemp("figures") / "paper"
+    run = root / "tiny"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    evaluate(run / "checkpoints" / "best.pt", demo_dir, out=run / "eval", max_structures=2, figures=False)
+    return root
+
+
+def test_a_training_run_and_its_evaluation_are_redrawn(paper, tmp_path):
+    run = paper / "tiny"
+    assert classify(run) == "training run" and classify(run / "eval") == "evaluation" and classify(run / "checkpoints") is None
+    table = regenerate(paper, tmp_path / "figures", progress=False)
+    assert table["error"].isna().all()
+    assert sorted(zip(table["kind"], table["figure"])) == [
+        ("evaluation", "error_matrix"), ("evaluation", "parity"), ("evaluation", "per_element"), ("training run", "history")]
+    for files in table["files"]:
+        assert [Path(f).suffix for f in files] == [".png", ".pdf"]
+        assert all(Path(f).stat().st_size > 5_000 for f in files)
+    assert (tmp_path / "figures" / "paper-tiny-eval-parity.png").is_file()
+    assert fonts_embedded(tmp_path / "figures" / "paper-tiny-history.pdf")
+
+
+def test_a_directory_that_cannot_be_drawn_is_reported_not_fatal(paper, tmp_path):
+    broken = tmp_path / "unfinished"
+    broken.mkdir()
+    (broken / "finetune.json").write_text(json.dumps({"strategies": ["scratch"], "fractions": [1.0]}))
+    (broken / "scratch-1").mkdir()
+    (broken / "scratch-1" / "metrics.jsonl").write_text("")  # inside a study: not drawn on its own
+    table = regenerate([paper, broken], tmp_path / "figures", formats=("png",), progress=False)
+    assert set(table["kind"]) == {"training run", "evaluation", "fine-tuning study"}
+    failed = table[table["error"].notna()]
+    assert list(failed["source"]) == [str(broken)]
+
+
+def test_cli(paper, tmp_path):
+    exe = str(Path(sys.executable).parent / "gfmkit")
+    ok = subprocess.run([exe, "figures", str(paper), "--out", str(tmp_path / "f"), "--formats", "pdf"],
+                        capture_output=True, text=True, timeout=180, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == [
+        "paper-tiny-eval-error_matrix.pdf", "paper-tiny-eval-parity.pdf", "paper-tiny-eval-per_element.pdf",
+        "paper-tiny-history.pdf"]
+    (tmp_path / "empty").mkdir()
+    empty = subprocess.run([exe, "figures", str(tmp_path / "empty")], capture_output=True, text=True, timeout=120, check=False)
+    assert empty.returncode == 1 and "nothing to draw" in empty.stderr
+    missing = subprocess.run([exe, "figures", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode == 1 and "no such directory" in missing.stderr
