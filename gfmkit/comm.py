@@ -62,7 +62,12 @@ def launched_by_mpi() -> bool:
     forced = os.environ.get("GFMKIT_MPI")
     if forced is not None:
         return forced not in ("0", "", "false", "no")
-    return any(v in os.environ for v in _LAUNCHER_VARIABLES) or "mpi4py.MPI" in sys.modules
+    if any(v in os.environ for v in _LAUNCHER_VARIABLES):
+        return True
+    # MPI imported by this process (e.g. on ipyparallel MPI engines); DeepHyper imports it without
+    # initialising it (mpi4py.rc.initialize = False), which does not make a serial process an MPI one
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
 
 
 def world() -> Any:
@@ -75,5 +80,7 @@ def world() -> Any:
                 "this process was started by an MPI launcher but mpi4py is not installed: "
                 "pip install 'gfmkit[mpi]'"
             ) from None
+        if not MPI.Is_initialized():  # imported with mpi4py.rc.initialize = False (DeepHyper does)
+            MPI.Init()
         return MPI.COMM_WORLD
     return SerialComm()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,11 @@ def test_mpiexec_two_ranks_allreduce(run_mpi):
         {"rank": 0, "size": 2, "sum": 3, "mpi": True},
         {"rank": 1, "size": 2, "sum": 3, "mpi": True},
     ]
+
+
+def test_mpi_imported_but_not_initialised_is_a_serial_process():
+    code = ("import mpi4py; mpi4py.rc.initialize = False; from mpi4py import MPI; "
+            "from gfmkit.comm import launched_by_mpi, world; print(launched_by_mpi(), world().size, MPI.Is_initialized())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "OMPI", "PALS", "MV2", "GFMKIT_MPI"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "1", "False"]

@@ -194,6 +194,13 @@ def test_launch_master_address_and_mpi4py_engines(tmp_path):
     assert (engine.launcher, engine.rank, engine.world_size, engine.local_rank) == ("ipyparallel", 2, 3, 0)
     plain = detect_launch({}, modules={"mpi4py.MPI": FakeMPI})
     assert (plain.launcher, plain.rank, plain.world_size, plain.local_rank) == ("mpi4py", 2, 3, 0)
+
+    class ImportedOnly(FakeMPI):  # DeepHyper imports mpi4py with mpi4py.rc.initialize = False
+        @staticmethod
+        def Is_initialized():
+            return False
+
+    assert detect_launch({}, modules={"mpi4py.MPI": ImportedOnly}).launcher == "single"
     with pytest.raises(RuntimeError, match="outside"):
         detect_launch({"PMI_RANK": "4", "PMI_SIZE": "4"}, modules={})
 

@@ -155,8 +155,9 @@ def detect_launch(env: Mapping[str, str] | None = None, *, modules: Mapping[str,
     if "SLURM_PROCID" in env and _srun_step(env):
         return make("slurm", _int(env, "SLURM_PROCID") or 0, _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") or 1,
                     _int(env, "SLURM_LOCALID"))
-    if "mpi4py.MPI" in modules:
-        mpi = modules["mpi4py.MPI"]
+    mpi = modules.get("mpi4py.MPI")
+    # imported but not initialised (DeepHyper imports it so) is not an MPI launch
+    if mpi is not None and getattr(mpi, "Is_initialized", lambda: True)():
         launcher = "ipyparallel" if "ipyparallel" in modules else "mpi4py"
         return make(launcher, mpi.COMM_WORLD.Get_rank(), mpi.COMM_WORLD.Get_size(), _node_local_rank(mpi))
     return Launch("single", **where)
@@ -191,6 +192,8 @@ def _mpi_size(modules: Mapping[str, Any], required: str) -> int:
             from mpi4py import MPI as mpi
         except ImportError:
             raise RuntimeError(f"{required} launch without a size variable needs mpi4py to know the world size") from None
+    if not getattr(mpi, "Is_initialized", lambda: True)():
+        mpi.Init()
     return mpi.COMM_WORLD.Get_size()
 
 
