@@ -12,6 +12,7 @@ from gfmkit.cli import data as data_cli
 from gfmkit.cli import demo as demo_cli
 from gfmkit.cli import figures as figures_cli
 from gfmkit.cli import finetune as finetune_cli
+from gfmkit.cli import hpo as hpo_cli
 from gfmkit.cli import kernel as kernel_cli
 from gfmkit.cli import precision as precision_cli
 from gfmkit.cli import scaling as scaling_cli
@@ -20,7 +21,6 @@ from gfmkit.cli.common import CLIError, fail
 
 # Capabilities whose implementation has not landed yet: (help, issue that builds it).
 NOT_BUILT = {
-    "hpo": ("DeepHyper hyperparameter search", None),
     "screen": ("billion-structure screening with encoder reuse and weighted heads", None),
 }
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     precision_cli.add_parser(sub)
     finetune_cli.add_parser(sub)
     figures_cli.add_parser(sub)
+    hpo_cli.add_parser(sub)
     demo_cli.add_parser(sub)
     return parser
 

@@ -10,6 +10,7 @@ a directory with             is                                  figures
 ``precision.json``           a precision study                   ``precision``
 ``finetune.json``            a fine-tuning study                 ``finetune``
 ``scaling.json``             a scaling study                     ``scaling``
+``hpo.json``                 a hyperparameter search             ``hpo``
 ``metrics.jsonl``            a training run                      ``history``
 ``error_matrix.csv``         an evaluation (``gfmkit evaluate``)  ``error_matrix``, ``per_element``,
                                                                  ``parity``
@@ -34,7 +35,8 @@ from gfmkit.files import atomic_path
 
 PAPER_STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
                "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8, "savefig.bbox": "tight"}
-STUDY_FILES = {"precision.json": "precision study", "finetune.json": "fine-tuning study", "scaling.json": "scaling study"}
+STUDY_FILES = {"precision.json": "precision study", "finetune.json": "fine-tuning study", "scaling.json": "scaling study",
+               "hpo.json": "hyperparameter search"}
 
 
 def _study_figures(kind: str, path: Path) -> dict[str, Any]:
@@ -46,6 +48,10 @@ def _study_figures(kind: str, path: Path) -> dict[str, Any]:
         from gfmkit.viz.finetune import finetune_figure
 
         return {"finetune": finetune_figure(path)}
+    if kind == "hyperparameter search":
+        from gfmkit.viz.hpo import hpo_figure
+
+        return {"hpo": hpo_figure(path)}
     from gfmkit.studies.scaling import scaling_table
     from gfmkit.viz.scaling import scaling_figure
 
