@@ -75,6 +75,15 @@ def test_every_trial_is_a_training_run_with_its_values(search):
     assert best_config(out)["optimizer"]["lr"] == pytest.approx(best["optimizer.lr"])
 
 
+def test_the_process_stays_usable_after_a_search(search, tmp_path):
+    # DeepHyper imports mpi4py without initialising MPI; ASE then calls MPI and MPICH aborted the process
+    import ase.io
+    from ase.build import bulk
+
+    ase.io.write(tmp_path / "cu.extxyz", bulk("Cu"))
+    assert len(ase.io.read(tmp_path / "cu.extxyz")) == 1
+
+
 def test_a_search_continues_and_is_not_redone(search, demo_dir):
     out, table = search
     before = {p.name: (p / "metrics.jsonl").read_bytes() for p in (out / "trials").iterdir()}

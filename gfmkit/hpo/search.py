@@ -82,10 +82,10 @@ def run_hpo(
     ``workers`` choose DeepHyper's evaluator; ``initial_points`` random trials come before the
     surrogate model steers (DeepHyper's default when None).
     """
-    from deephyper.evaluator import Evaluator
-    from deephyper.hpo import CBO
-
+    from gfmkit.hpo.backend import deephyper
     from gfmkit.train import load_train_config
+
+    _, CBO, Evaluator = deephyper()
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

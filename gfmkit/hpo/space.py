@@ -65,8 +65,9 @@ def _dimension(key: str, value: Any) -> tuple[Any, Any]:
 
 def search_problem(space: Mapping[str, Any]) -> Any:
     """The DeepHyper ``HpProblem`` of ``space`` (see the module docstring)."""
-    from deephyper.hpo import HpProblem
+    from gfmkit.hpo.backend import deephyper
 
+    HpProblem = deephyper()[0]
     if not space:
         raise ValueError("the search space is empty")
     problem = HpProblem()
