@@ -1,7 +1,9 @@
 """What a gfmkit hyperparameter search spends outside training: DeepHyper's proposals, trial set-up
-(data opening, head fitting, model building) and evaluation bookkeeping, against the training steps.
+(data opening, head fitting, model building) and evaluation bookkeeping, against the training steps;
+and, with ``--compare-random``, what the Bayesian search (CBO) finds against DeepHyper's RandomSearch
+with the same space, budget, trials and seed.
 
-    .venv/bin/python benchmarks/hpo_overhead.py [--quick] [--out FILE.json] [--data DIR]
+    .venv/bin/python benchmarks/hpo_overhead.py [--quick] [--compare-random] [--out FILE.json] [--data DIR]
 
 A search of ``--trials`` trials (6; 3 with --quick) over learning rate, width, depth and sampler
 temperature on the demo data (scale 0.3; 0.05 with --quick), each trial ``--steps`` optimiser steps
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--compare-random", action="store_true", help="also run DeepHyper's RandomSearch, same budget")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     from gfmkit.data.demo import build_demo
@@ -62,8 +65,31 @@ def main(argv: list[str] | None = None) -> dict:
         "per_trial": [{"trial": t, "training_wall_s": s, "best_val_loss": float(b)}
                       for t, s, b in zip(table["trial"], spans, table["best_val_loss"])],
     }
+    if args.compare_random:
+        report["random_search"] = random_search(config, space, trials, out.parent / "random")
+        report["cbo_best_so_far"] = table["best_so_far"].tolist()
     common.emit(report, args.out)
     return report
+
+
+def random_search(config: dict, space: dict, trials: int, out: Path) -> dict:
+    """DeepHyper's RandomSearch over the same space with gfmkit's own trial function (the peer)."""
+    import functools
+
+    from deephyper.hpo import RandomSearch
+
+    from gfmkit.hpo.backend import deephyper
+    from gfmkit.hpo.search import run_trial
+    from gfmkit.hpo.space import search_problem
+
+    _, _, evaluator = deephyper()
+    run = functools.partial(run_trial, base={**config, "progress": False}, out=str(out))
+    started = time.perf_counter()
+    results = RandomSearch(search_problem(space), random_state=0, log_dir=str(out)).search(
+        evaluator.create(run, method="thread", method_kwargs={"num_workers": 1}), max_evals=trials)
+    loss = -pd.to_numeric(results["objective"], errors="coerce")
+    return {"search_wall_s": time.perf_counter() - started, "best_val_loss": loss.tolist(),
+            "best_so_far": loss.cummin().tolist()}
 
 
 if __name__ == "__main__":
