@@ -108,7 +108,13 @@ def tiny_checkpoint(demo_dir, tmp_path_factory) -> Path:
     """A small multi-head model trained briefly on the demo data (all heads, float64) with gfmkit's own
     trainer, once per session; its best checkpoint."""
     from gfmkit.models import ModelConfig
-    from gfmkit.train import DataConfig, OptimizerConfig, SamplerConfig, TrainConfig, train
+    from gfmkit.train import (
+        DataConfig,
+        OptimizerConfig,
+        SamplerConfig,
+        TrainConfig,
+        train,
+    )
 
     config = TrainConfig(
         data=DataConfig(stores=[str(demo_dir)]),

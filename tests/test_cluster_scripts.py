@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from gfmkit.cli import main
-from gfmkit.cluster import install_kernel, load_profile, render_batch_script, render_kernel_launcher, submit_chain
+from gfmkit.cluster import (
+    install_kernel,
+    load_profile,
+    render_batch_script,
+    render_kernel_launcher,
+    submit_chain,
+)
 
 SITES = ["frontier", "aurora", "perlmutter"]
 # Prints its arguments and a few environment variables as JSON, to the file named by $GFMKIT_TEST_OUT.

@@ -69,3 +69,11 @@ def test_cli(paper, tmp_path):
     assert empty.returncode == 1 and "nothing to draw" in empty.stderr
     missing = subprocess.run([exe, "figures", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode == 1 and "no such directory" in missing.stderr
+
+
+def test_folders_of_the_same_name_do_not_overwrite_each_other(paper, tmp_path):
+    twin = tmp_path / "elsewhere" / paper.name
+    shutil.copytree(paper, twin)
+    table = regenerate([paper, twin], tmp_path / "figures", formats=("png",), progress=False)
+    files = [f for fs in table["files"] for f in fs]
+    assert len(files) == len(set(files)) == 8 and (tmp_path / "figures" / "paper-tiny-2-history.png").is_file()

@@ -206,3 +206,44 @@ def test_paper_figures_find_the_fine_tuning_study(study, tmp_path):
     out, _ = study
     table = regenerate(out, tmp_path, formats=("png",), progress=False)
     assert list(zip(table["kind"], table["figure"], table["error"])) == [("fine-tuning study", "finetune", None)]
+
+
+def test_study_cells_are_configured_as_their_strategy_says(tmp_path):
+    from gfmkit.data.ranged import split_selection
+    from gfmkit.studies.finetune import run_name, run_settings
+
+    base = {"data": {"stores": ["x"]}, "optimizer": {"lr": 1e-3, "encoder_lr_scale": 0.1}, "model": {"hidden": 8}}
+    scales = {s: run_settings(base, "p.pt", {"hidden": 8}, s, 0.5, {})["optimizer"]["encoder_lr_scale"]
+              for s in ("scratch", "frozen", "full")}
+    assert scales == {"scratch": 1.0, "frozen": 0.0, "full": 0.1}  # the baseline is never slowed or frozen
+    tiny = run_settings(base, "p.pt", {}, "full", 1e-05, {})["data"]["train_split"]
+    assert len(split_selection(np.zeros(50, dtype=int), tiny)) == 1
+    assert run_name("full", 1.0) == "full-1" and run_name("full", 0.1234561) != run_name("full", 0.1234564)
+    (tmp_path / "finetune.json").write_text(json.dumps({"strategies": ["scratch"], "fractions": [1.0]}))
+    import subprocess
+    import sys
+
+    empty = subprocess.run([str(Path(sys.executable).parent / "gfmkit"), "finetune", "--table", "--out", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert empty.returncode == 1 and "no evaluated runs" in empty.stderr
+
+
+def test_resume_takes_the_configs_encoder_rate_and_refuses_a_new_group_layout(pretrained, demo_dir, tmp_path):
+    settings = config(downstream(demo_dir), init={"checkpoint": str(pretrained)}, optimizer={"encoder_lr_scale": 0.1},
+                      schedule={"kind": "constant"}, max_steps=2)
+    train(settings, tmp_path / "run")
+    again = Trainer({**settings, "optimizer": {**settings["optimizer"], "encoder_lr_scale": 0.3}, "max_steps": 3},
+                    tmp_path / "run", resume="auto")
+    assert [g["lr_scale"] for g in again.optimizer.param_groups] == [0.3, 1.0]
+    with pytest.raises(TrainingError, match="encoder_lr_scale"):
+        Trainer({**settings, "optimizer": {**settings["optimizer"], "encoder_lr_scale": 0.0}, "max_steps": 3},
+                tmp_path / "run", resume="auto")
+
+
+def test_a_fresh_start_drops_metrics_of_a_start_that_saved_no_checkpoint(demo_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"phase": "train", "step": 99, "time": 0.0}) + "\n")
+    train(config([str(demo_dir / "bulk.bp")], model=MODEL, max_steps=2, validate_every=2), run)
+    steps = [json.loads(line).get("step") for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 99 not in steps

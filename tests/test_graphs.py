@@ -9,12 +9,12 @@ from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 from scipy.stats import binom
+from structures import emt_structures
 
 from gfmkit.data import DatasetSpec, Store, structure_from_atoms, write_store
 from gfmkit.data.graphs import GraphDataset, collate, make_loader, structure_graph
 from gfmkit.data.neighbours import neighbour_list
 from gfmkit.data.sampling import DatasetMixer, GlobalBatchSampler, dataset_probabilities
-from structures import emt_structures
 
 
 def edge_set(edge_index, shift):

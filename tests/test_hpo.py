@@ -47,6 +47,8 @@ def test_search_spaces_and_their_errors(demo_dir):
             search_problem(space)
     with pytest.raises(ValueError, match="'model.hiden'"):
         check_space(tiny(demo_dir), {"model.hiden": [8, 16]})
+    with pytest.raises(ValueError, match="loss settings change the objective"):
+        check_space(tiny(demo_dir), {"loss.forces": {"choices": [1.0, 10.0]}})
     with pytest.raises(ValueError, match="'model.layers' = 0"):
         check_space(tiny(demo_dir), {"model.layers": [0, 2]})
     with pytest.raises(ValueError, match="not a config section"):
@@ -96,9 +98,20 @@ def test_a_search_continues_and_is_not_redone(search, demo_dir):
         run_hpo(tiny(demo_dir), {"optimizer.lr": [1e-4, 1e-2]}, out, max_evals=5)
 
 
-def test_a_failing_trial_is_reported_failed(demo_dir, tmp_path):
+def test_a_failing_trial_is_reported_failed(demo_dir, tmp_path, monkeypatch):
     job = SimpleNamespace(id="0.5", parameters={"data.train_split": "train[:0]"})
     assert run_trial(job, base=tiny(demo_dir), out=str(tmp_path)) == "F_training_failed"
+    # a job id reissued after an interrupted search never continues another trial's run
+    stale = tmp_path / "trials" / "trial-0007"
+    stale.mkdir(parents=True)
+    (stale / "config.yaml").write_text(yaml.safe_dump({**tiny(demo_dir), "max_steps": 3}))
+    job = SimpleNamespace(id="0.7", parameters={"optimizer.lr": 1e-3})
+    assert run_trial(job, base=tiny(demo_dir), out=str(tmp_path)) == "F_directory_of_another_trial"
+    import gfmkit.hpo.search as search_module
+
+    monkeypatch.setattr(search_module, "world", lambda: SimpleNamespace(size=2, rank=0))
+    with pytest.raises(RuntimeError, match="mpiexec"):
+        run_hpo(tiny(demo_dir), SPACE, tmp_path / "mpi", max_evals=1)
     (tmp_path / "hpo.json").write_text(json.dumps({"config": tiny(demo_dir), "space": {"data.train_split": {"choices": ["x"]}}}))
     pd.DataFrame({"p:data.train_split": ["train[:0]", "train"], "objective": ["F_training_failed", -2.0],
                   "job_id": [0, 1]}).to_csv(tmp_path / "results.csv", index=False)

@@ -9,10 +9,10 @@ import adios2
 import numpy as np
 import pytest
 from ase import Atoms
+from hydragnn_layout import emt_samples, write_hydragnn_bp
 
 from gfmkit.data.hydragnn import HydraGNNFormatError, HydraGNNStore
 from gfmkit.data.store_read import Store, StoreError
-from hydragnn_layout import emt_samples, write_hydragnn_bp
 
 SPLITS = {"trainset": slice(0, 6), "valset": slice(6, 9), "testset": slice(9, 12)}
 NAMES = {"trainset": "train", "valset": "val", "testset": "test"}

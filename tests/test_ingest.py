@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 from ase import Atoms, units
 from ase.build import bulk
-
-from gfmkit.data import DatasetSpec, LabelSpec, Store, StructureError, ValidationSpec, structure_from_atoms, validate
-from gfmkit.data.ingest import convert, read_structures
 from structures import emt_structures, periodic_emt_structures
+
+from gfmkit.data import (
+    DatasetSpec,
+    LabelSpec,
+    Store,
+    StructureError,
+    ValidationSpec,
+    structure_from_atoms,
+    validate,
+)
+from gfmkit.data.ingest import convert, read_structures
 
 SPEC = DatasetSpec(name="emt", level_of_theory="EMT")
 

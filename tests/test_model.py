@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_checks import CUTOFF, ModelTests, alloy_cell, batch_of
 
 from gfmkit.models import HeadConfig, ModelConfig, MultiHeadPaiNN
-from model_checks import CUTOFF, ModelTests, alloy_cell, batch_of
 
 HEADS = [
     HeadConfig("pbe", reference_energies={"Cu": -0.3, "Au": -0.2, "H": -1.1, "C": -1.5, "O": -2.0}, scale=0.7, shift=0.1),
@@ -52,8 +52,9 @@ def test_property_head_is_a_mean_over_atoms():
 
 
 def test_conditioning_changes_the_energy():
-    from gfmkit.data.graphs import collate, structure_graph
     from model_checks import arrays_of
+
+    from gfmkit.data.graphs import collate, structure_graph
 
     torch.manual_seed(0)
     config = ModelConfig(hidden=8, layers=1, n_rbf=4, cutoff=CUTOFF, head_hidden=4, conditioning=True)

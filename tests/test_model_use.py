@@ -10,10 +10,17 @@ from ase.build import bulk
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
+from training import emt_copper, fit, force_mae, graphs_of
 
 import gfmkit
-from gfmkit.models import CheckpointError, HeadConfig, ModelConfig, MultiHeadPaiNN, build_model, save_checkpoint
-from training import emt_copper, fit, force_mae, graphs_of
+from gfmkit.models import (
+    CheckpointError,
+    HeadConfig,
+    ModelConfig,
+    MultiHeadPaiNN,
+    build_model,
+    save_checkpoint,
+)
 
 
 @pytest.mark.slow

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import ase.io
 import pytest
+from structures import emt_structures
 
 from gfmkit.data import DatasetSpec, structure_from_atoms, write_store
 from gfmkit.data.multi import DatasetRegistry, open_stores
-from structures import emt_structures
 
 
 @pytest.fixture(scope="module")

@@ -61,3 +61,14 @@ def test_throughput_needs_enough_steps(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"phase": "train", "time": 1.0, "structures": 4}) + "\n")
     with pytest.raises(ValueError, match="train records"):
         run_throughput(tmp_path, warmup=2)
+
+
+def test_throughput_of_a_resumed_run_counts_its_last_segment_only(tmp_path):
+    def step(t):
+        return {"phase": "train", "time": t, "structures": 8, "steps": 1, "data_s": 0.01, "compute_s": 0.09}
+
+    records = [{"phase": "event", "event": "start", "time": 0.0}] + [step(0.1 * k) for k in range(1, 11)]
+    records += [{"phase": "event", "event": "resume", "time": 1000.0}] + [step(1000 + 0.2 * k) for k in range(1, 11)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+    # last segment: 8 timed steps of 8 structures over 8 x 0.2 s, the stopped time left out
+    assert run_throughput(tmp_path, warmup=2)["structures_per_s"] == pytest.approx(40.0)

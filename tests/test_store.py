@@ -8,10 +8,17 @@ import shutil
 import adios2
 import numpy as np
 import pytest
-
-from gfmkit.data import DatasetSpec, LabelSpec, Store, StoreError, structure_from_atoms, write_store
-from gfmkit.data import store_format as fmt
 from structures import emt_structures, periodic_emt_structures
+
+from gfmkit.data import (
+    DatasetSpec,
+    LabelSpec,
+    Store,
+    StoreError,
+    structure_from_atoms,
+    write_store,
+)
+from gfmkit.data import store_format as fmt
 
 
 def _structures(frames, spec):

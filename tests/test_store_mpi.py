@@ -11,7 +11,6 @@ import ase.io
 import numpy as np
 import pytest
 from adios2 import bindings
-
 from conftest import mpiexec, single_thread_env
 from structures import periodic_emt_structures
 

@@ -67,3 +67,17 @@ def test_gradcheck(with_x):
 
     assert torch.autograd.gradcheck(fn, args)
     assert torch.autograd.gradgradcheck(fn, args)
+
+
+def test_first_order_backward_keeps_float32_under_autocast():
+    # autocast would run the batched mat-vec of the unit-vector gradient in bfloat16
+    v, dvs, unit, x, w, i, j = (t.float() if t is not None and t.is_floating_point() else t for t in inputs(True, seed=5))
+    args = [t.detach().requires_grad_() for t in (v, dvs, unit, x, w)]
+
+    def unit_gradient():
+        return torch.autograd.grad(fused(*args[:3], args[3], args[4], i, j).square().sum(), args[2])[0]
+
+    plain = unit_gradient()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = unit_gradient()
+    torch.testing.assert_close(mixed, plain, rtol=1e-6, atol=1e-6)

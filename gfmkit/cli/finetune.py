@@ -59,13 +59,13 @@ def run(args: argparse.Namespace) -> int:
             table = run_finetune_study(args.pretrained, args.config, args.out, fractions=fractions,
                                        strategies=strategies, heads=parse_heads(args.heads), split=args.split,
                                        max_structures=args.max_structures, progress=not args.no_progress)
+        if rank() != 0:
+            return 0
+        from gfmkit.viz.finetune import finetune_figure
+
+        save_results(args.out, {"finetune.csv": table}, "finetune.png", finetune_figure(table))
     except (OSError, ValueError, RuntimeError) as exc:
         raise CLIError(str(exc)) from None
-    if rank() != 0:
-        return 0
-    from gfmkit.viz.finetune import finetune_figure
-
-    save_results(args.out, {"finetune.csv": table}, "finetune.png", finetune_figure(table))
     print_table(table)
     print(f"table and figure in {args.out}")
     return 0

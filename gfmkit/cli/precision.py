@@ -51,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
                                         progress=not args.no_progress)
         if rank() != 0:
             return 0
+        from gfmkit.viz.precision import precision_figure
+
         errors = precision_errors(args.out)
+        save_results(args.out, {"precision.csv": table, "errors.csv": errors}, "precision.png", precision_figure(args.out))
     except (OSError, ValueError, RuntimeError) as exc:
         raise CLIError(str(exc)) from None
-    from gfmkit.viz.precision import precision_figure
-
-    save_results(args.out, {"precision.csv": table, "errors.csv": errors}, "precision.png", precision_figure(args.out))
     print_table(table)
     print(f"table, errors and figure in {args.out}")
     return 0

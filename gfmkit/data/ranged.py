@@ -22,16 +22,16 @@ from gfmkit import keys
 from gfmkit.data import store_format as fmt
 from gfmkit.data.structure import Structure
 
-_SPLIT = re.compile(r"^(?P<name>[a-z]+)(?:\[:(?P<limit>\d+|\d*\.\d+|\d+\.)\])?$")
+_SPLIT = re.compile(r"^(?P<name>[a-z]+)(?:\[:(?P<limit>\d+|(?:\d*\.\d+|\d+\.?)(?:e-?\d+)?)\])?$")
 
 
 def split_selection(codes: np.ndarray, split: str) -> np.ndarray:
     """Indices of the structures in ``split``, given each structure's split code.
 
     ``split`` is ``"train"``, ``"val"`` or ``"test"``, or a subset of one for learning curves:
-    ``"train[:100]"`` (100 of its structures) or ``"train[:0.25]"`` (a quarter, at least one). A
-    subset is a fixed random draw from the split (the same for every call), returned in store order,
-    and smaller subsets lie inside larger ones.
+    ``"train[:100]"`` (at most 100 of its structures) or ``"train[:0.25]"`` (a quarter, at least
+    one). A subset is a fixed random draw from this store's split (the same for every call; each
+    dataset draws its own), returned in store order, and smaller subsets lie inside larger ones.
     """
     match = _SPLIT.match(split)
     if match is None or match["name"] not in keys.SPLITS:
@@ -41,7 +41,7 @@ def split_selection(codes: np.ndarray, split: str) -> np.ndarray:
     limit = match["limit"]
     if limit is None:
         return indices
-    if "." in limit:
+    if "." in limit or "e" in limit:
         fraction = float(limit)
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"split {split!r}: a fraction must be in (0, 1]")

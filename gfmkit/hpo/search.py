@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from gfmkit.comm import world
 from gfmkit.config import config_to_dict
 from gfmkit.hpo.space import check_space, search_problem, set_path
 from gfmkit.log import get_logger
@@ -48,8 +49,13 @@ def run_trial(job: Any, *, base: Mapping[str, Any], out: str) -> dict[str, Any] 
 
     run_dir = trial_dir(out, job.id)
     parameters = {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(job.parameters).items()}
+    settings = set_path(base, parameters)
+    if (run_dir / "config.yaml").is_file() and not _same_trial(run_dir, settings):
+        # a job id DeepHyper reissued after an interrupted search: never continue another trial's run
+        log.warning("trial %s: %s holds a run of other values; reported as failed", job.id, run_dir)
+        return "F_directory_of_another_trial"
     try:
-        train(set_path(base, parameters), run_dir, resume="auto")
+        train(settings, run_dir, resume="auto")
     except (TrainingError, RuntimeError, ValueError) as exc:
         log.warning("trial %s failed: %s", run_dir.name, exc)
         return "F_training_failed"
@@ -62,6 +68,14 @@ def run_trial(job: Any, *, base: Mapping[str, Any], out: str) -> dict[str, Any] 
     return {"objective": -best, "metadata": {
         "run_dir": str(run_dir), "best_val_loss": best,
         "val_forces_mae": float(last.get("forces_mae", math.nan)), "val_energy_mae": float(last.get("energy_mae", math.nan))}}
+
+
+def _same_trial(run_dir: Path, settings: Mapping[str, Any]) -> bool:
+    from gfmkit.train import load_train_config
+
+    saved = config_to_dict(load_train_config(run_dir / "config.yaml"))
+    wanted = config_to_dict(load_train_config(settings))
+    return {k: v for k, v in saved.items() if k != "progress"} == {k: v for k, v in wanted.items() if k != "progress"}
 
 
 def run_hpo(
@@ -91,6 +105,9 @@ def run_hpo(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if max_evals < 1 or workers < 1:
         raise ValueError("max_evals and workers must be positive")
+    if world().size > 1:
+        raise RuntimeError("run_hpo under mpiexec is not supported: every rank would run its own search in the same "
+                           "directory (run it in one process; trials over ranks are not built yet)")
     base = config_to_dict(load_train_config(config))
     if not base["data"].get("val_split"):
         raise ValueError("the search needs a validation split (data.val_split) for its objective")

@@ -7,9 +7,10 @@ and whose values say what to try::
     model.hidden: {choices: [32, 64, 128]}         # categorical
     model.layers: [1, 4]                           # an integer range (both ends integers)
     sampler.temperature: [1.0, 4.0]                # a real range
-    loss.forces: {choices: [1.0, 10.0, 100.0]}
 
 Every key is checked against the config before a search starts (an unknown key is an error naming it).
+``loss.*`` keys are refused: the objective is the validation loss, whose scale they change, so trials
+with different loss settings could not be compared.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def check_space(config: Mapping[str, Any], space: Mapping[str, Any]) -> None:
     from gfmkit.train import load_train_config
 
     for key, value in space.items():
+        if str(key).startswith("loss."):
+            raise ValueError(f"search space {key!r}: loss settings change the objective's scale (the validation "
+                             "loss), so trials would not be comparable; fix them in the base config")
         dimension, _ = _dimension(str(key), value)
         choices = dimension if isinstance(dimension, list) else [dimension[0], dimension[1]]
         for candidate in choices:

@@ -45,8 +45,11 @@ class VectorMessage(torch.autograd.Function):
         grad_dvs = _dot_over_vector_axis(edge_grad, unit_wide) if ctx.needs_input_grad[1] else None
         grad_unit = None
         if ctx.needs_input_grad[2]:  # batched mat-vec, unless its slow double backward would follow
-            grad_unit = ((edge_grad * dvs[:, None, :]).sum(2) if torch.is_grad_enabled()
-                         else torch.bmm(edge_grad, dvs[:, :, None]).squeeze(2))
+            if torch.is_grad_enabled():
+                grad_unit = (edge_grad * dvs[:, None, :]).sum(2)
+            else:  # outside autocast: it would run this product in bfloat16 (autograd's own stays fp32)
+                with torch.autocast(edge_grad.device.type, enabled=False):
+                    grad_unit = torch.bmm(edge_grad, dvs[:, :, None]).squeeze(2)
         grad_x = grad_w = None
         if x is not None:
             if ctx.needs_input_grad[5]:

@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 
 from gfmkit.comm import world
 from gfmkit.config import config_to_dict
-from gfmkit.studies.runs import evaluate_once, open_study, read_study, train_to_end
+from gfmkit.studies.runs import (
+    evaluate_once,
+    on_rank_0,
+    open_study,
+    read_study,
+    train_to_end,
+)
 
 STRATEGIES = ("scratch", "frozen", "full")
 STUDY = "finetune.json"
@@ -42,17 +48,18 @@ def _study(out: str | os.PathLike) -> dict[str, Any]:
 
 def run_name(strategy: str, fraction: float) -> str:
     """The run directory name of one (strategy, fraction) cell."""
-    return f"{strategy}-{fraction:g}"
+    return f"{strategy}-{'1' if fraction == 1.0 else repr(float(fraction))}"
 
 
 def run_settings(base: Mapping[str, Any], pretrained: str, model: Mapping[str, Any], strategy: str,
                  fraction: float, heads: Mapping[str, str]) -> dict[str, Any]:
     """The training config of one cell of the study."""
     settings = json.loads(json.dumps(dict(base)))
-    settings["data"]["train_split"] = "train" if fraction == 1.0 else f"train[:{fraction:g}]"
-    if strategy == "scratch":
+    settings["data"]["train_split"] = "train" if fraction == 1.0 else f"train[:{float(fraction)!r}]"
+    if strategy == "scratch":  # the baseline trains everything at the full rate
         settings["model"] = dict(model)
         settings["init"] = {"checkpoint": None, "heads": {}}
+        settings["optimizer"] = {**settings.get("optimizer", {}), "encoder_lr_scale": 1.0}
     else:
         settings.pop("model", None)
         settings["init"] = {"checkpoint": pretrained, "heads": dict(heads)}
@@ -103,9 +110,8 @@ def run_finetune_study(
     for strategy, fraction in tqdm(cells, desc="fine-tuning runs", unit="run", disable=not (progress and main)):
         run_dir = Path(out) / run_name(strategy, fraction)
         train_to_end(run_settings(base, pretrained, model, strategy, fraction, study["heads"]), run_dir)
-        if main:
-            evaluate_once(run_dir, base["data"]["stores"], run_dir / "evaluation", split=split,
-                          max_structures=max_structures)
+        on_rank_0(lambda run_dir=run_dir: evaluate_once(run_dir, base["data"]["stores"], run_dir / "evaluation",
+                                                        split=split, max_structures=max_structures))
     return finetune_table(out) if main else pd.DataFrame()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +78,20 @@ def evaluate_once(run_dir: str | os.PathLike, stores: Sequence[str], target: str
         evaluate(load_run_checkpoint(run_dir, "best"), list(stores), split=split, out=target, precision=precision,
                  max_structures=max_structures, figures=False)
     return summary
+
+
+def on_rank_0(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on rank 0 only while the other ranks wait for it; an error there is raised on every
+    rank (instead of leaving the others blocked in the next run's collectives)."""
+    comm = world()
+    error = None
+    if comm.rank == 0:
+        try:
+            fn()
+        except Exception as exc:  # handed to every rank below, then raised
+            error = exc
+    message = comm.bcast(None if error is None else f"{type(error).__name__}: {error}", root=0)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RuntimeError(f"rank 0 failed: {message}")

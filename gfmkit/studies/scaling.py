@@ -39,8 +39,9 @@ MODES = ("strong", "weak")
 def run_throughput(run_dir: str | os.PathLike, warmup: int = 5) -> dict[str, float]:
     """Throughput and time shares of a finished training run, from its ``metrics.jsonl``.
 
-    The first ``warmup`` (at least 1) train records are left out; the wall time runs from the end of
-    the last of them to the end of the run. Needs records of one step each (``log_every: 1``). A
+    Only the run's last segment counts (after its last start or resume); its first ``warmup`` (at
+    least 1) train records are left out, and the wall time runs from the end of the last of them to
+    the end of the run. Needs records of one step each (``log_every: 1``). A
     step's ``compute_s`` includes its collectives (``comm_s``), so shares are of data + compute.
     """
     path = Path(run_dir) / "metrics.jsonl"
@@ -48,7 +49,9 @@ def run_throughput(run_dir: str | os.PathLike, warmup: int = 5) -> dict[str, flo
         raise FileNotFoundError(f"{path}: no metrics (the run has not started, or failed)")
     warmup = max(1, warmup)
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    steps = [r for r in records if r.get("phase") == "train"]
+    # only the last segment of a resumed run: the wall time across a stop and a resume is not throughput
+    starts = [k for k, r in enumerate(records) if r.get("phase") == "event" and r.get("event") in ("start", "resume")]
+    steps = [r for r in records[starts[-1] if starts else 0:] if r.get("phase") == "train"]
     if len(steps) <= warmup:
         raise ValueError(f"{path}: {len(steps)} train records, need more than {warmup} (warmup {warmup})")
     timed = steps[warmup:]

@@ -26,6 +26,7 @@ from ase.data import chemical_symbols
 from gfmkit import keys
 from gfmkit.data.graphs import GraphDataset, collate
 from gfmkit.data.multi import DatasetRegistry, MultiStore, open_stores
+from gfmkit.files import atomic_path
 from gfmkit.models import load_model, read_checkpoint
 from gfmkit.models.multihead import MultiHeadPaiNN
 from gfmkit.precision import get_policy, precision_scope
@@ -174,10 +175,11 @@ def evaluate(
                           "per_element_forces": plot_per_element(per_element)}
     if out is not None:
         run = out if isinstance(out, RunDir) else RunDir(out)
-        matrix.to_csv(run.path / "error_matrix.csv", index=False)
-        summary.to_csv(run.path / "summary.csv", index=False)
-        per_element.to_csv(run.path / "per_element.csv", index=False)
-        predictions.to_csv(run.path / PREDICTIONS, index=False)  # parity figures redrawn from files alone
+        # each file atomically, summary.csv last: the studies take it as "this evaluation is complete"
+        for name, table in (("error_matrix.csv", matrix), ("per_element.csv", per_element),
+                            (PREDICTIONS, predictions), ("summary.csv", summary)):  # parity data: figures from files
+            with atomic_path(run.path / name) as tmp:
+                table.to_csv(tmp, index=False, compression="gzip" if name.endswith(".gz") else None)
         for name, fig in result.figures.items():
             run.save_figure(fig, name)
         result.out = run

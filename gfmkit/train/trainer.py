@@ -171,6 +171,9 @@ class Trainer:
         if state is not None:
             self._load_training_state(state, checkpoint)
         if self.is_main:
+            if state is None and self.run.metrics_path.exists():  # a run that died before its first checkpoint
+                log.warning("%s: discarding the metrics of an earlier start that saved no checkpoint", self.run.path)
+                self.run.metrics_path.unlink()
             self._write_run_files(resumed_from=checkpoint)
 
     def _read_resume_state(self, checkpoint: Path | None) -> dict[str, Any] | None:
@@ -546,7 +549,13 @@ class Trainer:
         tr = state["training"]
         self.model.load_state_dict(tr["model"])
         self.weights.load_state_dict(tr.get("master"))
-        self.optimizer.load_state_dict(tr["optimizer"])
+        try:
+            self.optimizer.load_state_dict(tr["optimizer"])
+        except ValueError as exc:  # another number of parameter groups or of trained parameters
+            raise TrainingError(f"{path}: the optimiser state does not fit this config ({exc}); was "
+                                "optimizer.encoder_lr_scale changed between 0, 1 and another value?") from None
+        for group, fresh in zip(self.optimizer.param_groups, self._param_groups()):
+            group["lr_scale"] = fresh["lr_scale"]  # the config's, not the checkpoint's
         self.schedule.load_state_dict(tr["schedule"])
         if self.ema is not None and tr.get("ema") is not None:
             self.ema.load_state_dict(tr["ema"])

@@ -17,7 +17,8 @@ a directory with             is                                  figures
 ===========================  ==================================  =====================================
 
 A study's own run directories are not drawn one by one (the study figure covers them); evaluations
-inside a training run are. Figure files are named after the directory's path below the folder given.
+inside a training run are. Figure files are named after the directory's path below the folder given
+(a numeric suffix when two folders give the same name).
 """
 
 from __future__ import annotations
@@ -136,13 +137,19 @@ def regenerate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    stems: set[str] = set()
     for root, directory, kind in tqdm(find_sources(paths), desc="figures", unit="dir", disable=not progress):
         relative = directory.relative_to(root)
-        stem = "-".join((root.name, *relative.parts)) if relative.parts else root.name
+        stem = "-".join((root.absolute().name or "root", *relative.parts))
+        base, copy = stem, 1
+        while stem in stems:  # two folders of the same name (exp1/runs, exp2/runs): never overwrite
+            copy += 1
+            stem = f"{base}-{copy}"
+        stems.add(stem)
         with plt.rc_context(PAPER_STYLE):
             try:
                 figures = _figures_of(kind, directory)
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, EOFError) as exc:  # EOFError: a truncated gzip
                 rows.append({"source": str(directory), "kind": kind, "figure": None, "files": [], "error": str(exc)})
                 continue
             for name, fig in figures.items():
