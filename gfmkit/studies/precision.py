@@ -93,10 +93,12 @@ def run_precision_study(
     for precision in tqdm(settings["precisions"], desc="precisions", unit="run", disable=not (progress and main)):
         run_dir = Path(out) / precision
         train_to_end({**base, "precision": precision, "log_every": 1, "progress": progress and base["progress"]}, run_dir)
-        on_rank_0(lambda run_dir=run_dir, precision=precision: [
-            evaluate_once(run_dir, base["data"]["stores"], evaluation_dir(run_dir, evaluated_in), split=split,
-                          precision=evaluated_in, max_structures=max_structures)
-            for evaluated_in in dict.fromkeys(("fp64", precision))])
+        def evaluate_run(run_dir: Path = run_dir, precision: str = precision) -> None:
+            for evaluated_in in dict.fromkeys(("fp64", precision)):
+                evaluate_once(run_dir, base["data"]["stores"], evaluation_dir(run_dir, evaluated_in), split=split,
+                              precision=evaluated_in, max_structures=max_structures)
+
+        on_rank_0(evaluate_run)
     return precision_table(out) if main else pd.DataFrame()
 
 

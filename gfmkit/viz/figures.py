@@ -40,19 +40,25 @@ STUDY_FILES = {"precision.json": "precision study", "finetune.json": "fine-tunin
                "hpo.json": "hyperparameter search"}
 
 
-def _study_figures(kind: str, path: Path) -> dict[str, Any]:
-    if kind == "precision study":
-        from gfmkit.viz.precision import precision_figure
+def _precision_figures(path: Path) -> dict[str, Any]:
+    from gfmkit.viz.precision import precision_figure
 
-        return {"precision": precision_figure(path)}
-    if kind == "fine-tuning study":
-        from gfmkit.viz.finetune import finetune_figure
+    return {"precision": precision_figure(path)}
 
-        return {"finetune": finetune_figure(path)}
-    if kind == "hyperparameter search":
-        from gfmkit.viz.hpo import hpo_figure
 
-        return {"hpo": hpo_figure(path)}
+def _finetune_figures(path: Path) -> dict[str, Any]:
+    from gfmkit.viz.finetune import finetune_figure
+
+    return {"finetune": finetune_figure(path)}
+
+
+def _hpo_figures(path: Path) -> dict[str, Any]:
+    from gfmkit.viz.hpo import hpo_figure
+
+    return {"hpo": hpo_figure(path)}
+
+
+def _scaling_figures(path: Path) -> dict[str, Any]:
     from gfmkit.studies.scaling import scaling_table
     from gfmkit.viz.scaling import scaling_figure
 
@@ -113,10 +119,9 @@ def find_sources(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, Path, s
     return found
 
 
-def _figures_of(kind: str, path: Path) -> dict[str, Any]:
-    drawers: dict[str, Callable[[Path], dict[str, Any]]] = {
-        "training run": _history_figures, "evaluation": _evaluation_figures}
-    return drawers[kind](path) if kind in drawers else _study_figures(kind, path)
+DRAWERS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "precision study": _precision_figures, "fine-tuning study": _finetune_figures, "scaling study": _scaling_figures,
+    "hyperparameter search": _hpo_figures, "training run": _history_figures, "evaluation": _evaluation_figures}
 
 
 def regenerate(
@@ -148,7 +153,7 @@ def regenerate(
         stems.add(stem)
         with plt.rc_context(PAPER_STYLE):
             try:
-                figures = _figures_of(kind, directory)
+                figures = DRAWERS[kind](directory)
             except (OSError, ValueError, KeyError, EOFError) as exc:  # EOFError: a truncated gzip
                 rows.append({"source": str(directory), "kind": kind, "figure": None, "files": [], "error": str(exc)})
                 continue
