@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from gfmkit.cluster.profiles import Profile, as_profile
 from gfmkit.cluster.scripts import render_batch_script
 from gfmkit.files import atomic_write_text
+from gfmkit.launch import allocated_node_count, scheduler_of
 from gfmkit.log import get_logger
 
 log = get_logger(__name__)
@@ -75,13 +76,8 @@ class ProfileEngineSetLauncher(MPIEngineSetLauncher):
 
 
 def in_allocation(env: dict[str, str] | None = None) -> str | None:
-    """``slurm`` or ``pbs`` when this process runs inside a job, else None."""
-    env = os.environ if env is None else env
-    if env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID"):
-        return "slurm"
-    if env.get("PBS_JOBID"):
-        return "pbs"
-    return None
+    """``slurm`` or ``pbs`` when this process runs inside a job, else None (:func:`gfmkit.launch.scheduler_of`)."""
+    return scheduler_of(env)
 
 
 def on_login_node(env: dict[str, str] | None = None) -> bool:
@@ -94,15 +90,8 @@ def on_login_node(env: dict[str, str] | None = None) -> bool:
 
 
 def allocated_nodes(env: dict[str, str] | None = None) -> int | None:
-    """How many nodes this job holds (``SLURM_JOB_NUM_NODES``, distinct hosts of ``PBS_NODEFILE``)."""
-    env = os.environ if env is None else env
-    for name in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
-        if env.get(name, "").isdigit():
-            return int(env[name])
-    nodefile = env.get("PBS_NODEFILE")
-    if nodefile and Path(nodefile).is_file():
-        return len({line.strip() for line in Path(nodefile).read_text().splitlines() if line.strip()}) or None
-    return None
+    """How many nodes this job holds (:func:`gfmkit.launch.allocated_node_count`)."""
+    return allocated_node_count(env)
 
 
 def choose_mode(profile: Profile, env: dict[str, str] | None = None) -> str:
