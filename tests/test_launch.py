@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from gfmkit import launch as launch_module
 from gfmkit.cli.common import rank as cli_rank
 from gfmkit.cluster import engines
 from gfmkit.comm import SerialComm, TorchComm, world
-from gfmkit.launch import detect_launch, expand_nodelist, master_address
+from gfmkit.launch import detect_launch, expand_nodelist, first_host, master_address
 from gfmkit.studies.runs import open_study
 
 #: Variables of every launcher and scheduler gfmkit knows, cleared before each case.
@@ -181,13 +182,11 @@ def test_slurm_node_lists_expand():
     assert expand_nodelist("nid[001-003,007],login1") == ("nid001", "nid002", "nid003", "nid007", "login1")
     assert expand_nodelist("x[1-2]y[3,5]") == ("x1y3", "x1y5", "x2y3", "x2y5")
     assert expand_nodelist("gpu[09-10]") == ("gpu09", "gpu10")
-    assert expand_nodelist(" ") == () and launch_module.first_host("") is None
+    assert expand_nodelist(" ") == () and first_host("") is None
 
 
 def test_launcher_variables_are_read_in_one_module():
     """Only gfmkit/launch.py names launcher or scheduler variables as strings, besides two known others."""
-    import re
-
     root = Path(launch_module.__file__).parent
     pattern = re.compile(r"""["'](PMI_\w+|PMIX_\w+|OMPI_\w+|PALS_\w+|MV2_\w+|SLURM_\w+|PBS_\w+|RANK|LOCAL_RANK|WORLD_SIZE|"""
                          r"""MASTER_ADDR|MASTER_PORT|GFMKIT_MPI)["']""")

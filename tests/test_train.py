@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from gfmkit.config import ConfigError
+from gfmkit.launch import first_host, master_host
 from gfmkit.train import (
     TrainConfig,
     Trainer,
@@ -26,7 +27,7 @@ from gfmkit.train import (
     train,
 )
 from gfmkit.train.config import ScheduleConfig
-from gfmkit.train.distributed import backend_for, first_host, master_host, select_device
+from gfmkit.train.distributed import backend_for, select_device
 from gfmkit.train.signals import stop_deadline
 from gfmkit.train.state import EMA, Schedule
 from gfmkit.train.trainer import LAST

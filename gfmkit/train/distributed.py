@@ -22,10 +22,9 @@ from typing import Any
 import torch
 
 from gfmkit.comm import check_process_group, join_process_group, served_backends
-from gfmkit.launch import DEFAULT_PORT, Launch, detect_launch, first_host, master_host
+from gfmkit.launch import Launch, detect_launch
 
-__all__ = ["DEFAULT_PORT", "Distributed", "Launch", "backend_for", "detect_launch", "first_host", "init_distributed",
-           "master_host", "select_device", "visible_devices"]
+__all__ = ["Distributed", "Launch", "backend_for", "detect_launch", "init_distributed", "select_device", "visible_devices"]
 
 
 def visible_devices(kind: str) -> int:
