@@ -27,15 +27,15 @@ from gfmkit.files import atomic_path
 
 
 class RunDir:
-    """A run directory; creating the object creates the folders (idempotent)."""
+    """A run directory. Creating the object writes nothing: each folder appears with its first file, so
+    a run that failed before writing leaves no empty folders and a run without figures has no
+    ``figures/``."""
 
     CONFIG = "config.yaml"
     METRICS = "metrics.jsonl"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.figures.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -67,6 +67,7 @@ class RunDir:
         """Append one metrics record (a JSON line, with a wall-clock ``time`` field)."""
         row = {"time": time.time(), **(record or {}), **fields}
         line = json.dumps({k: _jsonable(v) for k, v in row.items()}, allow_nan=True)
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as fh:
             fh.write(line + "\n")
             fh.flush()

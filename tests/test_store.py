@@ -162,7 +162,7 @@ def test_failed_write_leaves_no_store_and_keeps_the_old_one(tmp_path, stress_dat
 
     monkeypatch.setattr(store_write, "_write_attributes", boom)
     with pytest.raises(OSError, match="disk full"):
-        write_store(structures[:3], target, spec)
+        write_store(structures[:3], target, spec, overwrite=True)
     assert len(Store(target)) == 23
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bp"]
 

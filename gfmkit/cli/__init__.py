@@ -18,6 +18,7 @@ from gfmkit.cli import precision as precision_cli
 from gfmkit.cli import scaling as scaling_cli
 from gfmkit.cli import train as train_cli
 from gfmkit.cli.common import CLIError, fail
+from gfmkit.outputs import OutputError, oserror_message
 
 # Capabilities whose implementation has not landed yet: (help, issue that builds it).
 NOT_BUILT = {
@@ -64,8 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CLIError as exc:
+    except (CLIError, OutputError) as exc:
         return fail(args.command, str(exc))
+    except OSError as exc:  # a file in the way, no permission, a full disk: the path and the cause
+        return fail(args.command, oserror_message(exc))
     except KeyboardInterrupt:
         return fail(args.command, "interrupted", code=130)
 

@@ -45,7 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     script.add_argument("--array", help="job array range, e.g. 0-9; the index is $GFMKIT_ARRAY_INDEX")
     script.add_argument("--after", action="append", metavar="JOBID", help="start after this job succeeded (repeatable)")
     script.add_argument("--no-activate", action="store_true", help="do not put this Python environment first on PATH")
-    script.add_argument("--output", type=Path, help="write the script here (atomically) instead of printing it")
+    script.add_argument("--output", type=Path, help="write the script to this file (atomically) instead of printing "
+                        "it; an existing directory gets JOB_NAME.sbatch/.pbs/.sh added to it")
+    script.add_argument("--overwrite", action="store_true", help="replace the --output file if it exists")
     script.add_argument("program", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     script.set_defaults(func=run_script)
 
@@ -109,13 +111,15 @@ def run_script(args: argparse.Namespace) -> int:
     from gfmkit.cluster.profiles import load_profile
     from gfmkit.cluster.scripts import render_batch_script
     from gfmkit.files import atomic_write_text
+    from gfmkit.outputs import output_file
 
     command = args.program[1:] if args.program[:1] == ["--"] else args.program
     if not command:
         raise CLIError("give the command to run after '--', e.g. -- gfmkit train train.yaml")
     try:
+        profile = load_profile(args.profile)
         text = render_batch_script(
-            load_profile(args.profile),
+            profile,
             command,
             nodes=args.nodes,
             ranks_per_node=args.ranks_per_node,
@@ -132,6 +136,8 @@ def run_script(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        atomic_write_text(args.output, text).chmod(0o755)
-        print(f"wrote {args.output}", file=sys.stderr)
+        suffix = {"slurm": ".sbatch", "pbs": ".pbs"}.get(profile.scheduler, ".sh")
+        target = output_file(args.output, f"{args.job_name}{suffix}", overwrite=args.overwrite)
+        atomic_write_text(target, text).chmod(0o755)
+        print(f"wrote {target}", file=sys.stderr)
     return 0

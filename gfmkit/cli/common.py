@@ -42,6 +42,17 @@ def print_json(data: Any) -> None:
         print(json.dumps(data, indent=2, default=str))
 
 
+def save_figure_file(figure: Any, target: Path) -> None:
+    """Write a matplotlib figure to ``target`` atomically, in the format its suffix names, and close it."""
+    import matplotlib.pyplot as plt
+
+    from gfmkit.files import atomic_path
+
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format=target.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+    plt.close(figure)
+
+
 def save_results(out: Path, tables: dict[str, pd.DataFrame], figure_name: str, figure: Any) -> None:
     """Write ``tables`` (file name -> table) as CSV and ``figure`` as a PNG into ``out``, each
     atomically, and close the figure."""

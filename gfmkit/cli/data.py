@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_json, print_table, rank, setup_logging
+from gfmkit.cli.common import (
+    CLIError,
+    print_json,
+    print_table,
+    rank,
+    save_figure_file,
+    setup_logging,
+)
 from gfmkit.comm import world
 from gfmkit.config import ConfigError, config_to_dict, load_config
+from gfmkit.files import atomic_path
+from gfmkit.outputs import agree, output_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--scale", type=float, default=1.0, help="multiply every dataset's size (default 1)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--datasets", nargs="+", help="only these demo datasets")
+    demo.add_argument("--overwrite", action="store_true", help="replace demo stores that exist in --out")
     demo.add_argument("-v", "--verbose", action="store_true")
     demo.set_defaults(func=run_demo)
 
@@ -52,11 +62,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("--seed", type=int, help="split seed (default 0)")
     convert.add_argument("--report", type=Path, help="write skipped structures and reasons to this CSV")
     convert.add_argument("--engine", default="BP5", choices=["BP4", "BP5"])
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace --out (and --report) if they exist; only a gfmkit store is ever replaced")
     convert.add_argument("-v", "--verbose", action="store_true")
     convert.set_defaults(func=run_convert)
 
     info = data.add_parser("info", help="counts, elements, targets, energy statistics and split sizes of stores")
-    info.add_argument("stores", nargs="+", type=Path, metavar="STORE")
+    info.add_argument("stores", nargs="+", type=Path, metavar="STORE", help="stores, or directories of stores")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=run_info)
 
@@ -69,12 +81,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sampling.add_argument("--split", default="train", choices=["train", "val", "test", "all"])
     sampling.add_argument("--strategy", choices=["proportional", "uniform", "temperature", "all"], default="all")
     sampling.add_argument("--temperature", type=float, default=2.0, help="T of p ~ n^(1/T) (default 2)")
-    sampling.add_argument("--figure", type=Path, help="also write a figure comparing the strategies")
+    sampling.add_argument("--figure", type=Path, help="also write a figure comparing the strategies (a file, or a directory to add it to)")
+    sampling.add_argument("--overwrite", action="store_true", help="replace the --figure file if it exists")
     sampling.set_defaults(func=run_sampling)
 
     figure = data.add_parser("figure", help="dataset-statistics figure (sizes, element overlap)")
     figure.add_argument("stores", nargs="+", type=Path, metavar="STORE", help="stores, or directories of stores")
-    figure.add_argument("--out", required=True, type=Path, help="image file (png, pdf, svg)")
+    figure.add_argument("--out", required=True, type=Path,
+                        help="image file (png, pdf, svg), or an existing directory to add datasets.png to")
+    figure.add_argument("--overwrite", action="store_true", help="replace the image file if it exists")
     figure.set_defaults(func=run_figure)
 
 
@@ -82,7 +97,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from gfmkit.data.demo import build_demo
 
     setup_logging(args.verbose)
-    table = build_demo(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets, progress=rank() == 0, comm=world())
+    table = build_demo(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets, progress=rank() == 0, comm=world(),
+                       overwrite=args.overwrite)
     print_table(table)
     return 0
 
@@ -123,8 +139,11 @@ def run_convert(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     spec = _spec_from_args(args)
+    comm = world()
+    report_path = agree(comm, lambda: args.report and output_file(args.report, "skipped.csv", overwrite=args.overwrite))
     try:
-        report = convert(args.files, args.out, spec, comm=world(), format=args.format, progress=rank() == 0, engine=args.engine)
+        report = convert(args.files, args.out, spec, comm=comm, format=args.format, progress=rank() == 0,
+                         engine=args.engine, overwrite=args.overwrite)
     except StructureError as exc:
         raise CLIError(f"{exc}; no store was written (use --on-error skip to drop bad structures)") from None
     except (FileNotFoundError, ValueError) as exc:
@@ -133,18 +152,20 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"{report} -> {args.out}")
         if report.skipped:
             print(report.table().to_string(index=False))
-        if args.report:
-            report.table().to_csv(args.report, index=False)
+        if report_path:
+            with atomic_path(report_path) as tmp:
+                report.table().to_csv(tmp, index=False)
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from gfmkit.data.multi import store_paths
     from gfmkit.data.store_read import Store, StoreError
 
     try:
-        infos = [Store(path).info() for path in args.stores]
+        infos = [Store(path).info() for path in store_paths(args.stores)]
     except StoreError as exc:
         raise CLIError(str(exc)) from None
     if args.json:
@@ -181,12 +202,9 @@ def run_figure(args: argparse.Namespace) -> int:
         stores = open_stores(args.stores).stores
     except StoreError as exc:
         raise CLIError(str(exc)) from None
-    fig = dataset_overview(stores)
-    from gfmkit.files import atomic_path
-
-    with atomic_path(args.out) as tmp:
-        fig.savefig(tmp, format=args.out.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
-    print(f"wrote {args.out}")
+    target = output_file(args.out, "datasets.png", overwrite=args.overwrite)
+    save_figure_file(dataset_overview(stores), target)
+    print(f"wrote {target}")
     return 0
 
 
@@ -215,10 +233,9 @@ def run_sampling(args: argparse.Namespace) -> int:
         import matplotlib
 
         matplotlib.use("Agg")
-        from gfmkit.files import atomic_path
         from gfmkit.viz.data import sampling_overview
 
-        with atomic_path(args.figure) as tmp:
-            sampling_overview(plans).savefig(tmp, format=args.figure.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
-        print(f"wrote {args.figure}")
+        target = output_file(args.figure, "sampling.png", overwrite=args.overwrite)
+        save_figure_file(sampling_overview(plans), target)
+        print(f"wrote {target}")
     return 0

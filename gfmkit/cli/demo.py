@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="demo dataset size multiplier")
     parser.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the data and retrain from scratch")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rebuild the data and retrain from scratch (replacing only what an earlier demo wrote)")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.set_defaults(func=run)
 
@@ -32,7 +33,13 @@ def demo_train_config(data_dir: Path, steps: int, seed: int):
     energy + forces + stress); the downstream datasets stay unseen, for evaluation and fine-tuning."""
     from gfmkit.data.demo import DEMO_DATASETS
     from gfmkit.models import ModelConfig
-    from gfmkit.train import DataConfig, OptimizerConfig, SamplerConfig, ScheduleConfig, TrainConfig
+    from gfmkit.train import (
+        DataConfig,
+        OptimizerConfig,
+        SamplerConfig,
+        ScheduleConfig,
+        TrainConfig,
+    )
 
     pretraining = [str(data_dir / f"{name}.bp") for name, d in DEMO_DATASETS.items() if d.role == "pretrain"]
     return TrainConfig(
@@ -50,8 +57,6 @@ def demo_train_config(data_dir: Path, steps: int, seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,11 +71,8 @@ def run(args: argparse.Namespace) -> int:
     tune_allocator()
     root = Path(args.out)
     data_dir, train_dir = root / "data", root / "train"
-    if args.rebuild and rank() == 0:
-        shutil.rmtree(root, ignore_errors=True)
-    world().barrier()
-    if any(not (data_dir / f"{name}.bp").exists() for name in DEMO_DATASETS):
-        build_demo(data_dir, seed=args.seed, scale=args.scale, progress=rank() == 0, comm=world())
+    if args.rebuild or any(not (data_dir / f"{name}.bp").exists() for name in DEMO_DATASETS):
+        build_demo(data_dir, seed=args.seed, scale=args.scale, progress=rank() == 0, comm=world(), overwrite=True)
     stores = open_stores([data_dir])
     summary = RunDir(root)
     if rank() == 0:
@@ -80,11 +82,12 @@ def run(args: argparse.Namespace) -> int:
 
     if rank() == 0:
         print(f"2/3 pretraining a multi-head PaiNN for {args.steps} steps -> {train_dir}")
-    run_dir, metrics = train(demo_train_config(data_dir, args.steps, args.seed), train_dir, resume="auto")
+    run_dir, metrics = train(demo_train_config(data_dir, args.steps, args.seed), train_dir,
+                             resume=None if args.rebuild else "auto", overwrite=args.rebuild)
 
     if rank() == 0:
         print("3/3 every head on every dataset's test split (downstream datasets unseen in training):")
-        result = evaluate(run_dir.checkpoints / "best.pt", stores, split="test", out=root / "evaluation")
+        result = evaluate(run_dir.checkpoints / "best.pt", stores, split="test", out=root / "evaluation", overwrite=True)
         print_table(result.summary.round(4))
         print(f"figures: {summary.figures} and {root / 'evaluation' / 'figures'}")
     return 0

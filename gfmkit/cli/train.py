@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gfmkit.cli.common import CLIError, fail, print_table, rank, setup_logging
 from gfmkit.config import ConfigError
+from gfmkit.outputs import OutputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("config", type=Path, metavar="CONFIG.yaml")
     train.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
     train.add_argument("--resume", help="'auto' (the run directory's last checkpoint, if any) or a checkpoint path")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start a new run in a gfmkit run directory that holds one (its checkpoints and metrics are replaced)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("-v", "--verbose", action="store_true")
     train.set_defaults(func=run_train)
@@ -48,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--precision", default="fp64", choices=["fp64", "fp32", "bf16-autocast", "bf16-pure"])
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--max-structures", type=int, help="at most this many structures per dataset")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's files in --out")
     evaluate.add_argument("-v", "--verbose", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
 
@@ -66,8 +70,8 @@ def run_train(args: argparse.Namespace) -> int:
         config.progress = False
     out = args.out or Path("runs") / args.config.stem
     try:
-        run, metrics = train(config, out, resume=args.resume)
-    except (TrainingError, StoreError, CheckpointError, ConfigError) as exc:
+        run, metrics = train(config, out, resume=args.resume, overwrite=args.overwrite)
+    except (TrainingError, StoreError, CheckpointError, ConfigError, OutputError) as exc:
         raise CLIError(str(exc)) from None
     if rank() == 0:
         stops = metrics[metrics["event"] == "stop"] if "event" in metrics else metrics.iloc[0:0]
@@ -95,8 +99,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate(args.checkpoint, args.data, split=None if args.split == "all" else args.split, out=out,
                           batch_size=args.batch_size, precision=args.precision, device=args.device,
-                          max_structures=args.max_structures)
-    except (CheckpointError, StoreError) as exc:
+                          max_structures=args.max_structures, overwrite=args.overwrite)
+    except (CheckpointError, StoreError, OutputError) as exc:
         raise CLIError(str(exc)) from None
     import matplotlib.pyplot as plt
 

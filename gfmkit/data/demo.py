@@ -58,6 +58,7 @@ from gfmkit.data.store_write import write_store
 from gfmkit.data.structure import Structure
 from gfmkit.data.validate import validate
 from gfmkit.log import get_logger
+from gfmkit.outputs import agree, check_store_output
 
 log = get_logger(__name__)
 
@@ -562,8 +563,11 @@ def build_demo(
     datasets: Sequence[str] | None = None,
     progress: bool = True,
     comm: Any = None,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Generate the demo datasets and write one store per dataset as ``out_dir/<name>.bp``.
+
+    Existing stores there are replaced only with ``overwrite=True`` (checked before anything is generated).
 
     ``seed`` fixes every structure and split; ``scale`` multiplies the structure counts (each dataset
     keeps at least :data:`MIN_STRUCTURES`); ``datasets`` picks a subset by name. Under MPI pass
@@ -582,7 +586,9 @@ def build_demo(
     comm = comm or SerialComm()
     out = Path(out_dir)
     rows = []
-    for name in _select(datasets):
+    names = _select(datasets)
+    agree(comm, lambda: [check_store_output(out / f"{name}.bp", overwrite=overwrite) for name in names])
+    for name in names:
         started = time.perf_counter()
         dataset = DEMO_DATASETS[name]
         spec = dataset.spec(seed)
@@ -593,7 +599,7 @@ def build_demo(
         problems = [p for rank_problems in comm.allgather(problems) for p in rank_problems]
         if problems:
             raise StructureError(problems)
-        path = write_store(structures, out / f"{name}.bp", spec, comm=comm)
+        path = write_store(structures, out / f"{name}.bp", spec, comm=comm, overwrite=overwrite)
         local = (
             sum(len(s) for s in structures),
             sorted({int(z) for s in structures for z in np.unique(s.numbers)}),

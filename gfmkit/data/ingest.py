@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from gfmkit.data.spec import DatasetSpec
 from gfmkit.data.store_write import write_store
 from gfmkit.data.structure import Structure
 from gfmkit.data.validate import validate
+from gfmkit.outputs import agree, check_store_output
 
 
 @dataclass
@@ -66,13 +68,16 @@ def read_structures(
             for index, atoms in unit.read():
                 position, read = read, read + 1
                 bar.update()
+                if isinstance(atoms, Exception):
+                    problems.append(unreadable(unit.label, index, atoms))
+                    continue
                 structure, found = _label_and_validate(atoms, spec, unit.label, index)
                 problems += found
                 if not found:
                     kept.append(structure)
                     positions.append(position)
         except Exception as exc:  # an unreadable file must not leave other ranks waiting
-            problems.append(Problem(unit.label, index + 1, "file", f"cannot be read: {exc}"))
+            problems.append(unreadable(unit.label, index + 1, exc))
     bar.close()
     # Every rank learns every problem, so all raise (or all report) together and none hangs.
     all_problems = [p for rank_problems in comm.allgather(problems) for p in rank_problems]
@@ -84,6 +89,14 @@ def read_structures(
     if all_problems and spec.validation.policy == "fail":
         raise StructureError(all_problems)
     return kept, report
+
+
+def unreadable(source: str, index: int, exc: Exception) -> Problem:
+    """The problem of a structure the reader could not parse, naming the field where it can tell."""
+    arg = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+    if isinstance(arg, str) and re.fullmatch(r"[A-Z][a-z]{0,2}", arg):  # ase's symbol lookup
+        return Problem(source, index, "numbers", f"unknown element {arg!r}")
+    return Problem(source, index, "file", f"cannot be read: {exc}")
 
 
 def _label_and_validate(atoms, spec: DatasetSpec, source: str, index: int) -> tuple[Structure | None, list[Problem]]:
@@ -103,13 +116,17 @@ def convert(
     format: str | None = None,
     progress: bool = True,
     engine: str = "BP5",
+    overwrite: bool = False,
 ) -> IngestReport:
     """Read, validate and write ``sources`` as the store ``out`` for dataset ``spec``.
 
     Under MPI every rank calls this with the same arguments; each reads its contiguous share of the
     input and the store equals the one a single process writes. Nothing is written when validation
-    fails under the ``fail`` policy.
+    fails under the ``fail`` policy. ``out`` is checked before anything is read: an existing store is
+    replaced only with ``overwrite=True``, and a path that is not a gfmkit store never
+    (:func:`gfmkit.outputs.check_store_output`).
     """
+    agree(comm, lambda: check_store_output(out, overwrite=overwrite))
     structures, report = read_structures(sources, spec, comm=comm, format=format, progress=progress)
-    report.path = write_store(structures, out, spec, comm=comm, engine=engine)
+    report.path = write_store(structures, out, spec, comm=comm, engine=engine, overwrite=overwrite)
     return report

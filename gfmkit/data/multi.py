@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gfmkit.data.store_read import Store
+from gfmkit.data.store_read import Store, StoreError
 from gfmkit.data.structure import Structure
 from gfmkit.files import atomic_write_text
 
@@ -141,10 +141,19 @@ def open_stores(
     paths: Iterable[str | os.PathLike], *, registry: DatasetRegistry | None = None, preload: bool = False
 ) -> MultiStore:
     """Open stores (files, or directories holding ``*.bp`` stores) as one :class:`MultiStore`."""
+    return MultiStore([Store(p, preload=preload) for p in store_paths(paths)], registry=registry)
+
+
+def store_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The stores named by ``paths``: each a store, or a directory whose ``*.bp`` stores are taken in
+    name order. A directory without stores is a :class:`StoreError` naming it."""
     expanded: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir() and path.suffix != ".bp":
-            expanded += sorted(path.glob("*.bp"))
+        if path.is_dir() and path.suffix != ".bp" and not (path / "md.idx").exists():
+            found = sorted(path.glob("*.bp"))
+            if not found:
+                raise StoreError(f"{path}: a directory without stores (*.bp)")
+            expanded += found
         else:
             expanded.append(path)
-    return MultiStore([Store(p, preload=preload) for p in expanded], registry=registry)
+    return expanded

@@ -20,6 +20,7 @@ from ase import Atoms
 
 from gfmkit import keys
 from gfmkit.data import store_format as fmt
+from gfmkit.data.store_check import StoreDamaged, check_store_files
 from gfmkit.data.structure import Structure
 
 _SPLIT = re.compile(r"^(?P<name>[a-z]+)(?:\[:(?P<limit>\d+|(?:\d*\.\d+|\d+\.?)(?:e-?\d+)?)\])?$")
@@ -125,11 +126,15 @@ class RangedStore:
         if not self.path.exists():
             raise error(f"{self.path}: {missing}")
         try:
+            check_store_files(self.path)  # a damaged file makes ADIOS2 hang, not fail
+        except StoreDamaged as exc:
+            raise error(str(exc)) from None
+        try:
             reader = self.reader
             names = reader.available_attributes()
             variables = reader.available_variables()
         except Exception as exc:  # ADIOS2 raises plain RuntimeError/ValueError on corrupt files
-            raise error(f"{self.path}: not a readable ADIOS2 file ({exc})") from None
+            raise error(f"{self.path}: not a readable ADIOS2 file ({adios_message(exc)})") from None
         return {name: reader.read_attribute(name) for name in names}, variables
 
     def _normalise(self, index: int) -> int:
@@ -142,6 +147,13 @@ class RangedStore:
         state = self.__dict__.copy()
         state["_reader"], state["_pid"] = None, -1
         return state
+
+
+def adios_message(exc: BaseException) -> str:
+    """An ADIOS2 exception's text in one line, without its terminal colour codes and timestamps."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    text = re.sub(r"\[[A-Z][a-z]{2} [A-Z][a-z]{2} +\d+ [0-9:]+ \d{4}\]", "", text)
+    return " ".join(text.replace("[ADIOS2 EXCEPTION]", "").split())
 
 
 def as_list(value: Any) -> list[Any]:

@@ -6,6 +6,7 @@ disjoint, contiguous parts of the input in order: rank order is input order.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ class Unit:
     cost: float = 1.0
     format: str | None = None
 
-    def read(self) -> Iterator[tuple[int, Atoms]]:
-        """(index within the source, atoms) for every structure of this unit, in order."""
+    def read(self) -> Iterator[tuple[int, Atoms | Exception]]:
+        """(index within the source, atoms) for every structure of this unit, in order; for a structure
+        of a file that cannot be parsed, (its index, the exception), and reading goes on after it."""
         if self.kind == "atoms":
             yield from enumerate(self.target[self.start : self.stop], start=self.start)
         elif self.kind == "db":
@@ -43,8 +45,34 @@ class Unit:
                 for k, row in enumerate(db.select(offset=self.start, limit=limit)):
                     yield self.start + k, row.toatoms(add_additional_information=True)
         else:
+            yield from _read_file(self.target, self.format)
+
+
+#: Consecutive unreadable structures of a file after which the rest of the file is given up.
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+def _read_file(path: str, format: str | None) -> Iterator[tuple[int, Atoms | Exception]]:
+    """Every structure of a file, restarting after one that fails to parse so that the good structures
+    after a bad one are kept (ase.io's iterator ends at the first exception)."""
+    start, failures = 0, 0
+    while True:
+        index = start - 1
+        try:
             # parallel=False: ASE's default reads on MPI rank 0 and broadcasts, but each rank reads its own unit.
-            yield from enumerate(ase.io.iread(self.target, index=":", format=self.format, parallel=False))
+            for index, atoms in enumerate(ase.io.iread(path, index=slice(start, None), format=format, parallel=False),
+                                          start=start):
+                failures = 0
+                yield index, atoms
+            return
+        except Exception as exc:  # noqa: BLE001 - reported per structure by the caller
+            failures = failures + 1 if index < start else 1
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                yield index + 1, RuntimeError(f"{exc} (the rest of the file is not read: {failures} unreadable "
+                                              "structures in a row)")
+                return
+            yield index + 1, exc
+            start = index + 2
 
 
 def units_of(sources: SourceLike | Sequence[SourceLike], *, format: str | None = None, db_chunk: int = 10_000) -> list[Unit]:
@@ -61,10 +89,23 @@ def units_of(sources: SourceLike | Sequence[SourceLike], *, format: str | None =
         if isinstance(source, Atoms):
             units += _atoms_units([source], "<atoms>")
         elif isinstance(source, (str, os.PathLike)):
-            units += _path_units(Path(source), format, db_chunk)
+            for path in expand_pattern(source):
+                units += _path_units(path, format, db_chunk)
         else:
             units += _atoms_units(list(source), "<atoms>")
     return units
+
+
+def expand_pattern(source: str | os.PathLike) -> list[Path]:
+    """A path, or the sorted files a glob pattern (``runs/*.extxyz``, ``**``) matches; a pattern that
+    matches nothing is a ``FileNotFoundError`` naming it."""
+    path = Path(source)
+    if path.exists() or not glob.has_magic(str(source)):
+        return [path]
+    matches = sorted(Path(p) for p in glob.glob(str(source), recursive=True))
+    if not matches:
+        raise FileNotFoundError(f"{source}: no file matches this pattern")
+    return matches
 
 
 def _atoms_units(atoms: list[Atoms], label: str, chunk: int = 1000) -> list[Unit]:

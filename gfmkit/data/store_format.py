@@ -35,6 +35,11 @@ from gfmkit import keys
 from gfmkit.data.spec import DatasetSpec
 from gfmkit.data.structure import Structure
 
+
+class StoreError(ValueError):
+    """A store cannot be read: missing, not a gfmkit store, newer schema, or damaged."""
+
+
 FORMAT = "gfmkit-store"
 SCHEMA_VERSION = 1
 

@@ -14,11 +14,8 @@ from ase.data import chemical_symbols
 from gfmkit import keys
 from gfmkit.data import store_format as fmt
 from gfmkit.data.ranged import RangedStore, as_list, periodicity
+from gfmkit.data.store_format import StoreError
 from gfmkit.data.structure import Structure
-
-
-class StoreError(ValueError):
-    """A store cannot be read: missing, not a gfmkit store, newer schema, or truncated."""
 
 
 class Store(RangedStore):

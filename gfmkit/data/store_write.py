@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,11 @@ from gfmkit._version import __version__
 from gfmkit.comm import SerialComm
 from gfmkit.data import store_format as fmt
 from gfmkit.data.spec import DatasetSpec
+from gfmkit.data.store_check import write_manifest
 from gfmkit.data.structure import Structure
-from gfmkit.files import replace_path
+from gfmkit.files import remove_stale_temporaries, replace_path, temporary_sibling
 from gfmkit.log import get_logger
+from gfmkit.outputs import OutputError, agree, check_store_output
 
 log = get_logger(__name__)
 
@@ -51,15 +52,19 @@ def write_store(
     engine: str = "BP5",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     parallel_io: bool | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``structures`` (this rank's block) as the store ``path`` for dataset ``spec``; return the path.
 
     Under MPI pass ``comm`` (an mpi4py communicator); every rank must call this, ranks without
     structures included. ``parallel_io`` forces (True) or forbids (False) collective ADIOS2 writes;
-    by default they are used when ADIOS2 was built with MPI.
+    by default they are used when ADIOS2 was built with MPI. An existing ``path`` is replaced only
+    with ``overwrite=True`` and only if it is a gfmkit store (:func:`gfmkit.outputs.check_store_output`);
+    every rank raises the same :class:`~gfmkit.outputs.OutputError` otherwise.
     """
     comm = comm or SerialComm()
     path = Path(path)
+    agree(comm, lambda: check_store_output(path, overwrite=overwrite))
     block = fmt.Block.from_structures(list(structures), spec)
     counts = np.array(comm.allgather((block.n_structures, block.n_atoms)), dtype=np.int64).reshape(-1, 2)
     n_structures, n_atoms = (int(x) for x in counts.sum(axis=0))
@@ -83,8 +88,8 @@ def write_store(
     if parallel_io and not bindings.is_built_with_mpi:
         raise RuntimeError("parallel_io=True needs ADIOS2 built with MPI; this adios2 has no MPI support")
 
-    tmp_dir = comm.bcast(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=_parent(path)) if comm.rank == 0 else None)
-    tmp = Path(tmp_dir) / path.name
+    tmp_dir = agree(comm, lambda: _temporary_directory(path))
+    tmp = tmp_dir / path.name
     try:
         if comm.size == 1 or not parallel_io:
             _write_via_rank0(comm, tmp, engine, block, counts, split, attrs, chunk_bytes)
@@ -92,6 +97,7 @@ def write_store(
             _write_collective(comm, tmp, engine, block, counts, split, attrs)
         comm.barrier()
         if comm.rank == 0:
+            write_manifest(tmp)
             replace_path(tmp, path)
     except BaseException:
         if comm.rank == 0:
@@ -107,9 +113,14 @@ def write_store(
     return path
 
 
-def _parent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.parent
+def _temporary_directory(path: Path) -> Path:
+    """Rank 0's fresh temporary beside ``path`` (the leftovers of killed writes to it removed first)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        return temporary_sibling(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from None
 
 
 def _attributes(spec, block, natoms, energy, element_counts, split) -> dict[str, Any]:
@@ -125,7 +136,7 @@ def _attributes(spec, block, natoms, energy, element_counts, split) -> dict[str,
         fmt.A_FIELDS: list(block.per_structure) + list(block.per_atom),
         fmt.A_ELEMENTS: elements.astype(np.int64),
         fmt.A_ELEMENT_COUNTS: element_counts[elements].astype(np.int64),
-        fmt.A_NSTRUCT: int(len(natoms)),
+        fmt.A_NSTRUCT: len(natoms),
         fmt.A_NATOMS: int(natoms.sum()),
         fmt.A_SPLIT_SEED: int(spec.split_seed),
         fmt.A_SPLIT_FRACTIONS: np.asarray(spec.split_fractions, dtype=np.float64),

@@ -76,7 +76,7 @@ def evaluate_once(run_dir: str | os.PathLike, stores: Sequence[str], target: str
     summary = Path(target) / "summary.csv"
     if not summary.is_file():
         evaluate(load_run_checkpoint(run_dir, "best"), list(stores), split=split, out=target, precision=precision,
-                 max_structures=max_structures, figures=False)
+                 max_structures=max_structures, figures=False, overwrite=True)  # the study's own, unfinished
     return summary
 
 

@@ -29,6 +29,7 @@ from gfmkit.data.multi import DatasetRegistry, MultiStore, open_stores
 from gfmkit.files import atomic_path
 from gfmkit.models import load_model, read_checkpoint
 from gfmkit.models.multihead import MultiHeadPaiNN
+from gfmkit.outputs import check_folder_files
 from gfmkit.precision import get_policy, precision_scope
 from gfmkit.rundir import RunDir
 
@@ -38,6 +39,8 @@ UNITS = {"energy_mae": "eV/atom", "forces_mae": "eV/Å", "stress_mae": "eV/Å³"
 
 #: own-head predicted and true values of an evaluation written to ``out`` (gzip CSV)
 PREDICTIONS = "predictions.csv.gz"
+#: the files an evaluation writes into ``out`` (summary.csv last: it marks the evaluation complete)
+EVALUATION_FILES = ("error_matrix.csv", "per_element.csv", PREDICTIONS, "summary.csv")
 
 @dataclass
 class Evaluation:
@@ -79,10 +82,15 @@ def evaluate(
     max_structures: int | None = None,
     figures: bool = True,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> Evaluation:
     """Errors of every head of ``checkpoint`` on every dataset of ``stores`` (their ``split``; None =
     all structures), as tables and figures; with ``out``, also written there (CSV files and
-    ``figures/*.png``). ``max_structures`` caps the structures per dataset (the first ones of the split)."""
+    ``figures/*.png``). ``max_structures`` caps the structures per dataset (the first ones of the split).
+    ``out`` is checked before the work: an earlier evaluation's files there are replaced only with
+    ``overwrite=True``; other files in it are left alone."""
+    if out is not None:
+        check_folder_files(out.path if isinstance(out, RunDir) else out, EVALUATION_FILES, overwrite=overwrite)
     model = checkpoint if isinstance(checkpoint, MultiHeadPaiNN) else load_model(checkpoint, map_location=device)
     policy = get_policy(precision)
     model = model.to(device).to(policy.param_dtype).eval()

@@ -53,6 +53,7 @@ from gfmkit.models import build_model, load_model, read_checkpoint, save_checkpo
 from gfmkit.models.config import HeadConfig, ModelConfig
 from gfmkit.models.multihead import MultiHeadPaiNN
 from gfmkit.models.transfer import head_sources, transfer_weights
+from gfmkit.outputs import OutputError, check_run_dir
 from gfmkit.precision import check_supported, get_policy, precision_scope
 from gfmkit.rundir import RunDir
 from gfmkit.train.config import TrainConfig, load_train_config
@@ -119,11 +120,13 @@ class Trainer:
         resume: str | os.PathLike | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         dist: Distributed | None = None,
+        overwrite: bool = False,
     ):
         self.started = time.time()  # the wall-time budget counts from here (data loading included)
         self.config = config = load_train_config(config)
         self.callback = callback
         self.dist = dist or init_distributed(config.device)
+        self._check_run_dir(run_dir, overwrite=overwrite and resume is None)
         self._owns_dist = dist is None
         self.device = self.dist.device
         self.policy = get_policy(config.precision)
@@ -175,6 +178,19 @@ class Trainer:
                 log.warning("%s: discarding the metrics of an earlier start that saved no checkpoint", self.run.path)
                 self.run.metrics_path.unlink()
             self._write_run_files(resumed_from=checkpoint)
+
+    def _check_run_dir(self, run_dir: str | os.PathLike | RunDir, *, overwrite: bool) -> None:
+        """Before anything starts, rank 0 checks the run directory (a directory of other files, or a file
+        in the way, is refused) and every rank learns its verdict."""
+        error = None
+        if self.dist.is_main:
+            try:
+                check_run_dir(run_dir.path if isinstance(run_dir, RunDir) else run_dir, overwrite=overwrite)
+            except OutputError as exc:
+                error = str(exc)
+        verdict = self.dist.all_gather_object(error)[0]
+        if verdict is not None:
+            raise OutputError(verdict)
 
     def _read_resume_state(self, checkpoint: Path | None) -> dict[str, Any] | None:
         if checkpoint is None:
@@ -686,13 +702,16 @@ def train(
     resume: str | os.PathLike | None = None,
     *,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> tuple[RunDir, pd.DataFrame]:
     """Train a multi-head model; returns the run directory and its metrics table.
 
     ``config`` is a :class:`TrainConfig`, a YAML path or a mapping (unknown keys are errors);
     ``resume`` is None (a new run; the directory must not hold one), ``"auto"`` (continue from the
-    directory's ``checkpoints/last.pt`` if there is one) or a checkpoint path. Under ``mpiexec``,
+    directory's ``checkpoints/last.pt`` if there is one) or a checkpoint path. ``run_dir`` must be new,
+    empty or a gfmkit run directory; ``overwrite=True`` starts a new run in a gfmkit run directory,
+    removing only the files its trainer wrote (:func:`gfmkit.outputs.check_run_dir`). Under ``mpiexec``,
     ``srun`` or ``torchrun`` every rank calls this and they train one model together.
     """
-    trainer = Trainer(config, run_dir, resume=resume, callback=callback)
+    trainer = Trainer(config, run_dir, resume=resume, callback=callback, overwrite=overwrite)
     return trainer.run, trainer.fit()
