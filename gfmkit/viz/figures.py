@@ -23,6 +23,7 @@ inside a training run are. Figure files are named after the directory's path bel
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -140,7 +141,8 @@ def regenerate(
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder for figures", str(out))
     rows = []
     stems: set[str] = set()
     for root, directory, kind in tqdm(find_sources(paths), desc="figures", unit="dir", disable=not progress):
