@@ -173,12 +173,14 @@ def check_folder_files(folder: str | os.PathLike, names: Iterable[str], *, overw
 
 # -- run directories ----------------------------------------------------------------------------------
 def is_run_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory a gfmkit training run wrote (its config.yaml and run.json or
-    metrics.jsonl, or checkpoints/last.pt)."""
+    """Whether ``path`` is a directory a gfmkit training run wrote: it holds only the files a trainer
+    writes, or its config.yaml with run.json or metrics.jsonl, or checkpoints/last.pt."""
     path = Path(path)
     if not path.is_dir():
         return False
-    return ((path / "config.yaml").is_file() and ((path / "run.json").is_file() or (path / "metrics.jsonl").is_file())) \
+    names = {p.name for p in path.iterdir()}
+    return (bool(names) and names <= set(RUN_FILES)) \
+        or ("config.yaml" in names and bool({"run.json", "metrics.jsonl"} & names)) \
         or (path / "checkpoints" / "last.pt").is_file()
 
 

@@ -83,8 +83,8 @@ def write_store(
         element_counts = np.sum([g[2] for g in gathered], axis=0)
         split = fmt.split_codes(n_structures, spec.split_fractions, spec.split_seed)
         attrs = _attributes(spec, block, natoms, energy, element_counts, split)
-    if parallel_io is None:
-        parallel_io = comm.size > 1 and bool(bindings.is_built_with_mpi)
+    if parallel_io is None:  # collective ADIOS2 writes need an mpi4py communicator (not torchrun's TorchComm)
+        parallel_io = comm.size > 1 and bool(bindings.is_built_with_mpi) and type(comm).__module__.startswith("mpi4py")
     if parallel_io and not bindings.is_built_with_mpi:
         raise RuntimeError("parallel_io=True needs ADIOS2 built with MPI; this adios2 has no MPI support")
 
