@@ -17,8 +17,9 @@ from gfmkit.cli import kernel as kernel_cli
 from gfmkit.cli import precision as precision_cli
 from gfmkit.cli import scaling as scaling_cli
 from gfmkit.cli import train as train_cli
-from gfmkit.cli.common import CLIError, fail
-from gfmkit.outputs import OutputError, oserror_message
+from gfmkit.cli.common import add_shared_flags, fail, is_user_error, setup_logging
+from gfmkit.outputs import oserror_message
+from gfmkit.progress import set_progress
 
 # Capabilities whose implementation has not landed yet: (help, issue that builds it).
 NOT_BUILT = {
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     figures_cli.add_parser(sub)
     hpo_cli.add_parser(sub)
     demo_cli.add_parser(sub)
+    add_shared_flags(parser)
     return parser
 
 
@@ -63,14 +65,19 @@ def _not_built(name: str, where: str):
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gfmkit`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    if getattr(args, "no_progress", False):
+        set_progress(False)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, OutputError) as exc:
-        return fail(args.command, str(exc))
     except OSError as exc:  # a file in the way, no permission, a full disk: the path and the cause
         return fail(args.command, oserror_message(exc))
     except KeyboardInterrupt:
         return fail(args.command, "interrupted", code=130)
+    except Exception as exc:
+        if is_user_error(exc):
+            return fail(args.command, str(exc))
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

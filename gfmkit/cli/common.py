@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,51 @@ from gfmkit.log import set_verbosity
 
 class CLIError(Exception):
     """A problem to report in one line (file and cause) with a non-zero exit code."""
+
+
+#: Errors gfmkit raises for bad input (module, class): ``gfmkit.cli.main`` reports each in one line.
+#: Looked up among the modules already imported, so the CLI's start-up imports none of them.
+USER_ERRORS = (
+    ("gfmkit.config", "ConfigError"),
+    ("gfmkit.outputs", "OutputError"),
+    ("gfmkit.data.store_format", "StoreError"),
+    ("gfmkit.data.hydragnn", "HydraGNNFormatError"),
+    ("gfmkit.data.labels", "StructureError"),
+    ("gfmkit.models.checkpoint", "CheckpointError"),
+    ("gfmkit.train.trainer", "TrainingError"),
+)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is bad input to report in one line rather than a bug to show with its traceback."""
+    if isinstance(exc, CLIError):
+        return True
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
+
+
+def add_shared_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every leaf subcommand below ``parser`` the flags all commands share: ``-v`` and ``--no-progress``."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if subparsers:
+        for action in subparsers:
+            for child in dict.fromkeys(action.choices.values()):
+                add_shared_flags(child)
+        return
+    flags = {o for a in parser._actions for o in a.option_strings}
+    if "--verbose" not in flags:
+        parser.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    if "--no-progress" not in flags:
+        parser.add_argument("--no-progress", action="store_true",
+                            help="no progress bars or lines (also GFMKIT_PROGRESS=0 or TQDM_DISABLE=1)")
+
+
+def comma_list(text: str) -> list[str]:
+    """An argparse type: ``a,b, c`` -> ``["a", "b", "c"]`` (empty items dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def rank() -> int:
@@ -31,10 +77,21 @@ def setup_logging(verbose: bool) -> None:
     set_verbosity("DEBUG" if verbose else "INFO", rank=rank())
 
 
+#: Column headers with units for tables printed to a terminal (the CSV files keep the plain names).
+HEADERS = {
+    "energy_mae": "energy MAE (eV/atom)",
+    "forces_mae": "forces MAE (eV/Å)",
+    "stress_mae": "stress MAE (eV/Å³)",
+    "property_mae": "property MAE (property's unit)",
+    "energy_per_atom": "energy (eV/atom)",
+}
+
+
 def print_table(frame: pd.DataFrame) -> None:
+    """Print ``frame`` on rank 0, error columns headed with their units."""
     if rank() == 0:
         with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
-            print(frame.to_string(index=False))
+            print(frame.rename(columns=HEADERS).to_string(index=False))
 
 
 def print_json(data: Any) -> None:

@@ -11,7 +11,6 @@ from gfmkit.cli.common import (
     print_table,
     rank,
     save_figure_file,
-    setup_logging,
 )
 from gfmkit.comm import world
 from gfmkit.config import ConfigError, config_to_dict, load_config
@@ -33,7 +32,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--datasets", nargs="+", help="only these demo datasets")
     demo.add_argument("--overwrite", action="store_true", help="replace demo stores that exist in --out")
-    demo.add_argument("-v", "--verbose", action="store_true")
     demo.set_defaults(func=run_demo)
 
     convert = data.add_parser(
@@ -64,7 +62,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("--engine", default="BP5", choices=["BP4", "BP5"])
     convert.add_argument("--overwrite", action="store_true",
                          help="replace --out (and --report) if they exist; only a gfmkit store is ever replaced")
-    convert.add_argument("-v", "--verbose", action="store_true")
     convert.set_defaults(func=run_convert)
 
     info = data.add_parser("info", help="counts, elements, targets, energy statistics and split sizes of stores")
@@ -96,7 +93,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from gfmkit.data.demo import build_demo
 
-    setup_logging(args.verbose)
     table = build_demo(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets, progress=rank() == 0, comm=world(),
                        overwrite=args.overwrite)
     print_table(table)
@@ -137,7 +133,6 @@ def run_convert(args: argparse.Namespace) -> int:
     from gfmkit.data.ingest import convert
     from gfmkit.data.labels import StructureError
 
-    setup_logging(args.verbose)
     spec = _spec_from_args(args)
     comm = world()
     report_path = agree(comm, lambda: args.report and output_file(args.report, "skipped.csv", overwrite=args.overwrite))
@@ -162,12 +157,9 @@ def run_info(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from gfmkit.data.multi import store_paths
-    from gfmkit.data.store_read import Store, StoreError
+    from gfmkit.data.store_read import Store
 
-    try:
-        infos = [Store(path).info() for path in store_paths(args.stores)]
-    except StoreError as exc:
-        raise CLIError(str(exc)) from None
+    infos = [Store(path).info() for path in store_paths(args.stores)]
     if args.json:
         print_json(infos if len(infos) > 1 else infos[0])
         return 0
@@ -195,13 +187,9 @@ def run_figure(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     from gfmkit.data.multi import open_stores
-    from gfmkit.data.store_read import StoreError
     from gfmkit.viz.data import dataset_overview
 
-    try:
-        stores = open_stores(args.stores).stores
-    except StoreError as exc:
-        raise CLIError(str(exc)) from None
+    stores = open_stores(args.stores).stores
     target = output_file(args.out, "datasets.png", overwrite=args.overwrite)
     save_figure_file(dataset_overview(stores), target)
     print(f"wrote {target}")
@@ -213,12 +201,8 @@ def run_sampling(args: argparse.Namespace) -> int:
 
     from gfmkit.data.multi import open_stores
     from gfmkit.data.sampling import sampling_plan
-    from gfmkit.data.store_read import StoreError
 
-    try:
-        multi = open_stores(args.stores)
-    except StoreError as exc:
-        raise CLIError(str(exc)) from None
+    multi = open_stores(args.stores)
     sizes = {
         s.name: len(s) if args.split == "all" else len(s.split_indices(args.split)) for s in multi.stores
     }

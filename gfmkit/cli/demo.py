@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import print_table, rank, setup_logging
+from gfmkit.cli.common import print_table, rank
 from gfmkit.comm import world
 
 
@@ -24,7 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rebuild", action="store_true",
                         help="rebuild the data and retrain from scratch (replacing only what an earlier demo wrote)")
-    parser.add_argument("-v", "--verbose", action="store_true")
     parser.set_defaults(func=run)
 
 
@@ -67,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
     from gfmkit.train import evaluate, train
     from gfmkit.viz.data import dataset_overview
 
-    setup_logging(args.verbose)
     tune_allocator()
     root = Path(args.out)
     data_dir, train_dir = root / "data", root / "train"
@@ -86,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                              resume=None if args.rebuild else "auto", overwrite=args.rebuild)
 
     if rank() == 0:
-        print("3/3 every head on every dataset's test split (downstream datasets unseen in training):")
+        print("3/3 test-split errors of each pretraining dataset under its own head "
+              f"(every head on every dataset: {root / 'evaluation' / 'error_matrix.csv'}):")
         result = evaluate(run_dir.checkpoints / "best.pt", stores, split="test", out=root / "evaluation", overwrite=True)
         print_table(result.summary.round(4))
         print(f"figures: {summary.figures} and {root / 'evaluation' / 'figures'}")

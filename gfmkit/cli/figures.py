@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, rank, setup_logging
+from gfmkit.cli.common import CLIError, print_table, rank
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,14 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("figures"), help="where the figures go (default figures/)")
     p.add_argument("--formats", default="png,pdf", help="comma-separated matplotlib formats (default png,pdf)")
     p.add_argument("--dpi", type=int, default=300)
-    p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from gfmkit.viz.figures import regenerate
 
-    setup_logging(args.verbose)
     if rank() != 0:
         return 0
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, rank, save_results, setup_logging
+from gfmkit.cli.common import CLIError, print_table, rank, save_results
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +29,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split the runs are evaluated on (default test)")
     p.add_argument("--max-structures", type=int, help="evaluate at most this many structures per dataset")
     p.add_argument("--table", action="store_true", help="only read the finished runs in --out")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
 
@@ -47,7 +45,6 @@ def parse_heads(text: str) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from gfmkit.studies.finetune import finetune_table, run_finetune_study
 
-    setup_logging(args.verbose)
     try:
         if args.table:
             table = finetune_table(args.out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from gfmkit.cli.common import CLIError, print_table, save_results, setup_logging
+from gfmkit.cli.common import CLIError, print_table, save_results
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--initial-points", type=int, help="random trials before the surrogate model steers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table", action="store_true", help="only read the search in --out")
-    p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
 
@@ -37,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from gfmkit.hpo import best_config, hpo_table, run_hpo
     from gfmkit.viz.hpo import hpo_figure
 
-    setup_logging(args.verbose)
     try:
         if args.table:
             table = hpo_table(args.out)

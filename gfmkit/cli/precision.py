@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, rank, save_results, setup_logging
+from gfmkit.cli.common import CLIError, print_table, rank, save_results
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-structures", type=int, help="evaluate at most this many structures per dataset")
     p.add_argument("--warmup", type=int, default=5, help="first steps left out of the throughput")
     p.add_argument("--table", action="store_true", help="only read the finished runs in --out")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
 
@@ -38,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
         run_precision_study,
     )
 
-    setup_logging(args.verbose)
     try:
         if args.table:
             table = precision_table(args.out)

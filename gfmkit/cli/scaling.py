@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, save_results, setup_logging
+from gfmkit.cli.common import CLIError, print_table, save_results
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--walltime")
     p.add_argument("--submit", action="store_true", help="submit the batch scripts (site profiles)")
     p.add_argument("--table", action="store_true", help="only read the finished runs in --out")
-    p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
 
@@ -37,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from gfmkit.studies.scaling import run_scaling, scaling_table
     from gfmkit.viz.scaling import scaling_figure
 
-    setup_logging(args.verbose)
     out = args.out or Path("runs") / f"scaling-{args.mode}"
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]

@@ -15,9 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, fail, print_table, rank, setup_logging
-from gfmkit.config import ConfigError
-from gfmkit.outputs import OutputError
+from gfmkit.cli.common import print_table, rank
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", help="'auto' (the run directory's last checkpoint, if any) or a checkpoint path")
     train.add_argument("--overwrite", action="store_true",
                        help="start a new run in a gfmkit run directory that holds one (its checkpoints and metrics are replaced)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
-    train.add_argument("-v", "--verbose", action="store_true")
     train.set_defaults(func=run_train)
 
     evaluate = sub.add_parser(
@@ -52,27 +48,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--max-structures", type=int, help="at most this many structures per dataset")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's files in --out")
-    evaluate.add_argument("-v", "--verbose", action="store_true")
     evaluate.set_defaults(func=run_evaluate)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from gfmkit.data.store_read import StoreError
-    from gfmkit.models import CheckpointError
-    from gfmkit.train import TrainingError, load_train_config, train
+    from gfmkit.train import load_train_config, train
 
-    setup_logging(args.verbose)
-    try:
-        config = load_train_config(args.config)
-    except ConfigError as exc:
-        raise CLIError(str(exc)) from None
+    config = load_train_config(args.config)
     if args.no_progress:
         config.progress = False
     out = args.out or Path("runs") / args.config.stem
-    try:
-        run, metrics = train(config, out, resume=args.resume, overwrite=args.overwrite)
-    except (TrainingError, StoreError, CheckpointError, ConfigError, OutputError) as exc:
-        raise CLIError(str(exc)) from None
+    run, metrics = train(config, out, resume=args.resume, overwrite=args.overwrite)
     if rank() == 0:
         stops = metrics[metrics["event"] == "stop"] if "event" in metrics else metrics.iloc[0:0]
         reason = stops["reason"].iloc[-1] if len(stops) else "finished"
@@ -88,20 +74,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from gfmkit.data.store_read import StoreError
-    from gfmkit.models import CheckpointError
     from gfmkit.train.evaluate import evaluate
 
-    setup_logging(args.verbose)
     if rank() != 0:
         return 0
     out = args.out or args.checkpoint.parent.parent / f"evaluate-{args.checkpoint.stem}-{args.split}"
-    try:
-        result = evaluate(args.checkpoint, args.data, split=None if args.split == "all" else args.split, out=out,
-                          batch_size=args.batch_size, precision=args.precision, device=args.device,
-                          max_structures=args.max_structures, overwrite=args.overwrite)
-    except (CheckpointError, StoreError, OutputError) as exc:
-        raise CLIError(str(exc)) from None
+    result = evaluate(args.checkpoint, args.data, split=None if args.split == "all" else args.split, out=out,
+                      batch_size=args.batch_size, precision=args.precision, device=args.device,
+                      max_structures=args.max_structures, overwrite=args.overwrite)
     import matplotlib.pyplot as plt
 
     for fig in result.figures.values():
@@ -112,14 +92,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gfmkit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as exc:
-        return fail(args.command, str(exc))
+    """``python -m gfmkit.cli.train train|evaluate ...``: the same as ``gfmkit train|evaluate ...``."""
+    from gfmkit.cli import main as gfmkit_main
+
+    return gfmkit_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,13 +39,13 @@ from typing import Any
 import ipyparallel as ipp
 import pandas as pd
 from ipyparallel.cluster.launcher import MPIEngineSetLauncher
-from tqdm.auto import tqdm
 
 from gfmkit.cluster.profiles import Profile, as_profile
 from gfmkit.cluster.scripts import render_batch_script
 from gfmkit.files import atomic_write_text
 from gfmkit.launch import allocated_node_count, scheduler_of
 from gfmkit.log import get_logger
+from gfmkit.progress import progress_bar
 
 log = get_logger(__name__)
 
@@ -211,7 +211,7 @@ class EngineCluster:
         result = self.view.apply_async(fn, *args, **kwargs)
         name = getattr(fn, "__name__", "call")
         started = time.monotonic()
-        with tqdm(total=self.n_engines, desc=name, unit="engine", disable=not progress, leave=False) as bar:
+        with progress_bar(total=self.n_engines, desc=name, unit="engine", disable=not progress, leave=False) as bar:
             while not result.ready():
                 result.wait(0.5)
                 finished = sum(1 for m in result.msg_ids if m not in self.client.outstanding)
@@ -416,7 +416,7 @@ def start(
 def _wait_for_engines(cluster: Any, client: Any, n: int, timeout: float, mode: str) -> None:
     """Wait until ``n`` engines registered; fail at once when the engines' launcher exits first."""
     started = time.monotonic()
-    with tqdm(total=n, desc="engines", unit="engine", leave=False) as bar:
+    with progress_bar(total=n, desc="engines", unit="engine", leave=False) as bar:
         while len(client.ids) < n:
             if len(client.ids) > bar.n:
                 bar.update(len(client.ids) - bar.n)

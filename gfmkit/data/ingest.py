@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from gfmkit.comm import SerialComm
 from gfmkit.data.labels import Problem, StructureError, structure_from_atoms
@@ -20,6 +19,7 @@ from gfmkit.data.store_write import write_store
 from gfmkit.data.structure import Structure
 from gfmkit.data.validate import validate
 from gfmkit.outputs import agree, check_store_output
+from gfmkit.progress import progress_bar
 
 
 @dataclass
@@ -61,7 +61,7 @@ def read_structures(
     positions: list[int] = []  # position of each kept structure in this rank's stream of inputs
     problems: list[Problem] = []
     read = 0
-    bar = tqdm(desc=f"read {spec.name}", unit=" structures", disable=not progress or comm.rank != 0)
+    bar = progress_bar(desc=f"read {spec.name}", unit=" structures", disable=not progress or comm.rank != 0)
     for unit in local_units:
         index = unit.start - 1
         try:

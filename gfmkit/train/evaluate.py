@@ -110,9 +110,9 @@ def evaluate(
     element_rows: list[tuple[str, np.ndarray, np.ndarray]] = []
     iterator = range(0, len(chosen), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from gfmkit.progress import progress_bar
 
-        iterator = tqdm(iterator, desc="evaluate")
+        iterator = progress_bar(iterator, desc="evaluate", unit="batch")
     for start in iterator:
         items = chosen[start : start + batch_size]
         batch = collate([dataset[int(k)] for k in items]).to(device)

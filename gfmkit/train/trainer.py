@@ -326,17 +326,18 @@ class Trainer:
         return (c.max_steps is not None and self.step >= c.max_steps) or (c.max_epochs is not None and self.epoch >= c.max_epochs)
 
     def _loop(self, stop: StopRequest) -> None:
-        from tqdm.auto import tqdm
+        from gfmkit.progress import progress_bar
 
         config = self.config
         show = config.progress and self.is_main
         n_epochs = math.ceil(self.total_steps / max(1, self.batches_per_epoch))
-        epochs = tqdm(total=n_epochs, initial=min(self.epoch, n_epochs), desc="epochs", disable=not show, position=0)
+        epochs = progress_bar(total=n_epochs, initial=min(self.epoch, n_epochs), desc="epochs", disable=not show,
+                              position=0)
         try:
             while not self._done() and self.stop_reason is None:
                 self.sampler.load_state_dict({"epoch": self.epoch, "start_batch": self.batch_in_epoch})
-                bar = tqdm(total=self.batches_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}",
-                           disable=not show, leave=False, position=1)
+                bar = progress_bar(total=self.batches_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}",
+                                   disable=not show, leave=False, position=1)
                 waited = time.perf_counter()
                 for batch in self.loader:
                     data_seconds = time.perf_counter() - waited
