@@ -81,7 +81,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.parent.parent / f"evaluate-{args.checkpoint.stem}-{args.split}"
     result = evaluate(args.checkpoint, args.data, split=None if args.split == "all" else args.split, out=out,
                       batch_size=args.batch_size, precision=args.precision, device=args.device,
-                      max_structures=args.max_structures, overwrite=args.overwrite)
+                      max_structures=args.max_structures, overwrite=args.overwrite, progress=True)
     import matplotlib.pyplot as plt
 
     for fig in result.figures.values():

@@ -6,6 +6,7 @@ These dataclasses load from YAML with :func:`gfmkit.config.load_config` (unknown
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,6 +37,16 @@ class LabelSpec:
     forces_unit: str = "eV/Angstrom"
     stress_unit: str = "eV/Angstrom^3"
 
+    def __post_init__(self) -> None:
+        from gfmkit.data import units
+
+        for name, factor in (("energy_unit", units.energy_factor), ("length_unit", units.length_factor),
+                             ("forces_unit", units.forces_factor), ("stress_unit", units.stress_factor)):
+            try:
+                factor(getattr(self, name))
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"labels.{name}: {exc.args[0] if exc.args else exc}") from None
+
 
 @dataclass
 class ValidationSpec:
@@ -62,6 +73,14 @@ class DatasetSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
+        # plain dicts (as a user writes them in Python) become the sections they describe; a wrong key is
+        # named here, not blamed on the first structure
+        from gfmkit.config import load_config
+
+        if isinstance(self.labels, Mapping):
+            self.labels = load_config(LabelSpec, self.labels, where=f"dataset {self.name!r}: labels")
+        if isinstance(self.validation, Mapping):
+            self.validation = load_config(ValidationSpec, self.validation, where=f"dataset {self.name!r}: validation")
         if not _NAME.match(self.name):
             raise ValueError(f"dataset name {self.name!r} must be letters, digits and _.+- (it names a head)")
         if not self.level_of_theory:

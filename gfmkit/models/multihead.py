@@ -48,10 +48,17 @@ class MultiHeadPaiNN(nn.Module):
         except ValueError:
             raise KeyError(f"model has no head {name!r}; heads: {self.head_names}") from None
 
-    def calculator(self, head: str) -> Any:
-        """An ASE calculator of this model's head ``head`` (energy, forces, stress)."""
+    def calculator(self, head: str | None = None) -> Any:
+        """An ASE calculator of this model's head ``head`` (energy, forces, stress); without ``head``, the
+        model's only energy head (a model with several says which there are)."""
         from gfmkit.models.calculator import GFMCalculator
 
+        if head is None:
+            energy_heads = [h.name for h in self.heads if h.kind == "energy"]
+            if len(energy_heads) != 1:
+                raise ValueError(f"this model has {len(energy_heads)} energy heads; choose one: "
+                                 f"model.calculator(head=...) with head in {energy_heads}")
+            head = energy_heads[0]
         return GFMCalculator(self, head)
 
     def load_head_statistics(self) -> None:

@@ -18,15 +18,17 @@ Every section and its defaults::
     loss:      kind mse|mae|huber, huber_delta, energy, forces, stress, property (term weights),
                datasets {dataset: weight}, normalise
     init:      checkpoint (a trained model to start from), heads {dataset: pretrained head}
-    top level: max_steps, max_epochs, early_stopping_patience, precision, device, seed, validate_every,
+    top level: max_steps, max_epochs, early_stopping_patience, best_checkpoint (last|val_loss), precision, device, seed, validate_every,
                checkpoint_every, log_every, wall_time, stop_margin, progress
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from gfmkit.config import ConfigError, load_config
@@ -220,10 +222,31 @@ class TrainConfig:
 
 
 def load_train_config(source: str | os.PathLike | Mapping[str, Any] | TrainConfig) -> TrainConfig:
-    """A :class:`TrainConfig` from a YAML path, a mapping, or itself (unknown keys are errors)."""
+    """A :class:`TrainConfig` from a YAML path, a mapping, or itself (unknown keys are errors).
+
+    Relative paths in a YAML file (``data.stores``, ``init.checkpoint``) are relative to the file's own
+    folder, so a config works from any working directory; in a mapping or a TrainConfig they are
+    relative to the working directory.
+    """
     if isinstance(source, TrainConfig):
         return source
-    return load_config(TrainConfig, source)
+    config = load_config(TrainConfig, source)
+    if not isinstance(source, Mapping):
+        config = resolve_paths(config, Path(source).parent)
+    return config
+
+
+def resolve_paths(config: TrainConfig, base: str | os.PathLike) -> TrainConfig:
+    """``config`` with its relative store and checkpoint paths made absolute against ``base``."""
+    base = Path(base).absolute()
+
+    def absolute(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.normpath(base / path)
+
+    data = dataclasses.replace(config.data, stores=[absolute(p) for p in config.data.stores])
+    init = config.init if config.init.checkpoint is None else dataclasses.replace(
+        config.init, checkpoint=absolute(config.init.checkpoint))
+    return dataclasses.replace(config, data=data, init=init)
 
 
 __all__ = [

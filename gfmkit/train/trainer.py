@@ -56,7 +56,7 @@ from gfmkit.models.transfer import head_sources, transfer_weights
 from gfmkit.outputs import OutputError, check_run_dir
 from gfmkit.precision import check_supported, get_policy, precision_scope
 from gfmkit.rundir import RunDir
-from gfmkit.train.config import TrainConfig, load_train_config
+from gfmkit.train.config import TrainConfig, load_train_config, resolve_paths
 from gfmkit.train.distributed import Distributed, init_distributed
 from gfmkit.train.loss import (
     TERMS,
@@ -123,7 +123,8 @@ class Trainer:
         overwrite: bool = False,
     ):
         self.started = time.time()  # the wall-time budget counts from here (data loading included)
-        self.config = config = load_train_config(config)
+        # config.yaml in the run directory records absolute paths, so it reloads from anywhere
+        self.config = config = resolve_paths(load_train_config(config), Path.cwd())
         self.callback = callback
         self.dist = dist or init_distributed(config.device)
         self._check_run_dir(run_dir, overwrite=overwrite and resume is None)
