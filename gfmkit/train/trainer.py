@@ -331,14 +331,12 @@ class Trainer:
 
         config = self.config
         show = config.progress and self.is_main
-        n_epochs = math.ceil(self.total_steps / max(1, self.batches_per_epoch))
-        epochs = progress_bar(total=n_epochs, initial=min(self.epoch, n_epochs), desc="epochs", disable=not show,
-                              position=0)
+        # one bar (or one log line per interval) for the whole run: nested epoch bars left a widget per
+        # epoch in notebooks and cursor codes in logs
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not show)
         try:
             while not self._done() and self.stop_reason is None:
                 self.sampler.load_state_dict({"epoch": self.epoch, "start_batch": self.batch_in_epoch})
-                bar = progress_bar(total=self.batches_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}",
-                                   disable=not show, leave=False, position=1)
                 waited = time.perf_counter()
                 for batch in self.loader:
                     data_seconds = time.perf_counter() - waited
