@@ -44,3 +44,16 @@ ENERGY_PER_ATOM = "energy_per_atom"
 # Graph-level property targets of property tasks, in a batch: (B, P) values and mask, P = property names.
 PROPERTIES = "properties"
 PROPERTIES_MASK = "properties_mask"
+
+# Error columns of evaluations and validation records (mean absolute errors), and their units.
+ENERGY_MAE = "energy_mae"  # per atom
+FORCES_MAE = "forces_mae"  # per force component
+STRESS_MAE = "stress_mae"  # per stress component
+PROPERTY_MAE = "property_mae"  # a property head on its own target
+ERROR_COLUMNS = (ENERGY_MAE, FORCES_MAE, STRESS_MAE, PROPERTY_MAE)
+
+# Units, for tables and axis labels. A graph-level property carries the units it was labelled in.
+PROPERTY_UNITS = "property units"
+ERROR_UNITS = {ENERGY_MAE: "eV/atom", FORCES_MAE: "eV/Å", STRESS_MAE: "eV/Å³", PROPERTY_MAE: PROPERTY_UNITS}
+#: Units of the quantities evaluations compare (parity plots); any other quantity is a property.
+QUANTITY_UNITS = {ENERGY: "eV", ENERGY_PER_ATOM: "eV/atom", FORCES: "eV/Å", STRESS: "eV/Å³"}

@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gfmkit.rundir import RUN_FILES
+
 T = TypeVar("T")
 
 #: A store's file written by gfmkit beside ADIOS2's own: its files and their sizes at write time.
 STORE_MANIFEST = "gfmkit-store.json"
-#: Files (and folders) a training run writes into its run directory.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "run.json", "registry.json", "checkpoints", "figures")
 _ADIOS_FILE_PREFIXES = ("data.", "md.", "mmd.", "profiling.json")
 #: Below this much free space a write is refused before it starts.
 MIN_FREE_BYTES = 16 << 20

@@ -4,11 +4,17 @@ Layout::
 
     RUN/
       config.yaml        the config the run used (exact copy, re-loadable)
+      run.json           what the run found: datasets, structures per split, the gfmkit version
+      registry.json      the dataset -> head table of the run
       metrics.jsonl      one JSON object per line, appended as the run goes
-      checkpoints/       model/optimiser state (see gfmkit.models.checkpoint)
+      checkpoints/       last.pt (full training state), best.pt (see gfmkit.models.checkpoint)
       figures/           PNG/PDF figures, regenerated from the files above
 
-Everything a paper figure needs is regenerated from run directories alone.
+An evaluation (:func:`gfmkit.train.evaluate`) writes error_matrix.csv, per_element.csv,
+predictions.csv.gz and, last, summary.csv into its own folder.
+
+Every file name above is spelled here once (the constants below); :class:`RunDir` writes and reads
+them. Everything a paper figure needs is regenerated from run directories alone.
 """
 
 from __future__ import annotations
@@ -25,14 +31,39 @@ import pandas as pd
 from gfmkit.config import save_config
 from gfmkit.files import atomic_path
 
+# -- files of a run directory --------------------------------------------------------------------------
+CONFIG = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+RUN_INFO = "run.json"
+REGISTRY = "registry.json"
+CHECKPOINTS = "checkpoints"
+FIGURES = "figures"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+#: Files (and folders) a training run writes into its run directory.
+RUN_FILES = (CONFIG, METRICS_FILE, RUN_INFO, REGISTRY, CHECKPOINTS, FIGURES)
+
+# -- files of an evaluation folder ---------------------------------------------------------------------
+ERROR_MATRIX = "error_matrix.csv"
+PER_ELEMENT = "per_element.csv"
+#: own-head predicted and true values (gzip CSV), for parity plots
+PREDICTIONS = "predictions.csv.gz"
+#: each dataset under its own head; written last, it marks the evaluation complete
+SUMMARY = "summary.csv"
+#: the files an evaluation writes, in the order it writes them
+EVALUATION_FILES = (ERROR_MATRIX, PER_ELEMENT, PREDICTIONS, SUMMARY)
+
+#: Stop reasons of a run that ended by itself (not by a signal, the wall time or a failure).
+FINISHED_REASONS = ("finished", "early_stopping")
+
 
 class RunDir:
     """A run directory. Creating the object writes nothing: each folder appears with its first file, so
     a run that failed before writing leaves no empty folders and a run without figures has no
     ``figures/``."""
 
-    CONFIG = "config.yaml"
-    METRICS = "metrics.jsonl"
+    CONFIG = CONFIG
+    METRICS_FILE = METRICS_FILE
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -45,19 +76,19 @@ class RunDir:
 
     @property
     def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS
 
     @property
     def figures(self) -> Path:
-        return self.path / "figures"
+        return self.path / FIGURES
 
     @property
     def config_path(self) -> Path:
-        return self.path / self.CONFIG
+        return self.path / CONFIG
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / self.METRICS
+        return self.path / METRICS_FILE
 
     def save_config(self, config: Any) -> Path:
         """Store the run's config dataclass as ``config.yaml``."""
@@ -72,12 +103,36 @@ class RunDir:
             fh.write(line + "\n")
             fh.flush()
 
+    def records(self) -> list[dict[str, Any]]:
+        """All metrics records in the order they were logged (none when nothing was logged)."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
     def metrics(self) -> pd.DataFrame:
         """All metrics records as a table (empty when none were logged)."""
-        if not self.metrics_path.exists():
-            return pd.DataFrame()
-        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        return pd.DataFrame(rows)
+        return pd.DataFrame(self.records())
+
+    def stop_reason(self) -> str | None:
+        """Why the run last stopped (``finished``, ``early_stopping``, ``wall_time``, a signal's name);
+        None when it never stopped (not started, running, or killed before it could say)."""
+        stops = [r for r in self.records() if r.get("phase") == "event" and r.get("event") == "stop"]
+        return stops[-1].get("reason") if stops else None
+
+    def finished(self) -> bool:
+        """Whether the run's last stop was its own end (:data:`FINISHED_REASONS`), not a signal or the
+        wall time: a finished run is not resumed."""
+        return self.stop_reason() in FINISHED_REASONS
+
+    def last_checkpoint(self) -> Path:
+        """``checkpoints/last.pt`` (the full training state); FileNotFoundError when there is none."""
+        return _existing(self.checkpoints / LAST_CHECKPOINT)
+
+    def best_checkpoint(self) -> Path:
+        """``checkpoints/best.pt``, else ``last.pt`` (a run stopped before its first validation);
+        FileNotFoundError when there is neither."""
+        best = self.checkpoints / BEST_CHECKPOINT
+        return best if best.is_file() else _existing(self.checkpoints / LAST_CHECKPOINT)
 
     def save_figure(self, fig: Any, name: str, *, formats: tuple[str, ...] = ("png",), dpi: int = 150) -> list[Path]:
         """Save a matplotlib figure under ``figures/`` in each format, atomically."""
@@ -88,6 +143,12 @@ class RunDir:
                 fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
             paths.append(target)
         return paths
+
+
+def _existing(checkpoint: Path) -> Path:
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint.parent.parent}: no checkpoint under {checkpoint.parent}")
+    return checkpoint
 
 
 def _jsonable(value: Any) -> Any:

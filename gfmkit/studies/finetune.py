@@ -28,8 +28,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from gfmkit import keys
 from gfmkit.comm import world
 from gfmkit.config import config_to_dict
+from gfmkit.rundir import RUN_INFO, SUMMARY
 from gfmkit.studies.runs import (
     evaluate_once,
     on_rank_0,
@@ -124,11 +126,11 @@ def finetune_table(out: str | os.PathLike) -> pd.DataFrame:
     for strategy in study["strategies"]:
         for fraction in study["fractions"]:
             run_dir = out / run_name(strategy, fraction)
-            summary = run_dir / "evaluation" / "summary.csv"
+            summary = run_dir / "evaluation" / SUMMARY
             if not summary.is_file():
                 continue
             frame = pd.read_csv(summary)
-            counts = json.loads((run_dir / "run.json").read_text()).get("train_structures_per_dataset", {})
+            counts = json.loads((run_dir / RUN_INFO).read_text()).get("train_structures_per_dataset", {})
             frame.insert(0, "train_structures", frame["dataset"].map(counts))
             frame.insert(0, "fraction", fraction)
             frame.insert(0, "strategy", strategy)
@@ -138,10 +140,11 @@ def finetune_table(out: str | os.PathLike) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def transfer_gain(table: pd.DataFrame, metric: str = "forces_mae") -> pd.DataFrame:
+def transfer_gain(table: pd.DataFrame, metric: str = keys.FORCES_MAE) -> pd.DataFrame:
     """``metric`` of scratch / metric of each fine-tuning strategy, per dataset and fraction (> 1: the
     pretrained model helps)."""
     pivot = table.pivot_table(index=["dataset", "fraction"], columns="strategy", values=metric)
     if "scratch" not in pivot:
         return pd.DataFrame(index=pivot.index)
     return pivot.drop(columns="scratch").rdiv(pivot["scratch"], axis=0)
+

@@ -26,22 +26,23 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from gfmkit import keys
 from gfmkit.comm import world
 from gfmkit.config import config_to_dict
 from gfmkit.precision import Precision
+from gfmkit.rundir import SUMMARY, RunDir
 from gfmkit.studies.runs import (
     evaluate_once,
     on_rank_0,
     open_study,
     read_study,
-    run_metrics,
     train_to_end,
 )
 from gfmkit.studies.scaling import run_throughput
 
 PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
 STUDY = "precision.json"
-ERROR_COLUMNS = ("energy_mae", "forces_mae", "stress_mae", "property_mae")
+ERROR_COLUMNS = keys.ERROR_COLUMNS
 
 
 def _study(out: str | os.PathLike) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def precision_errors(out: str | os.PathLike) -> pd.DataFrame:
     frames = []
     for precision in _study(out)["precisions"]:
         for evaluated_in in dict.fromkeys(("fp64", precision)):
-            path = evaluation_dir(out / precision, evaluated_in) / "summary.csv"
+            path = evaluation_dir(out / precision, evaluated_in) / SUMMARY
             if path.is_file():
                 frame = pd.read_csv(path)
                 frame.insert(0, "evaluated_in", evaluated_in)
@@ -129,7 +130,7 @@ def precision_table(out: str | os.PathLike) -> pd.DataFrame:
     for precision in study["precisions"]:
         run_dir = out / precision
         row: dict[str, Any] = {"precision": precision}
-        metrics = run_metrics(run_dir)
+        metrics = RunDir(run_dir).metrics()
         if metrics.empty:
             row["missing"] = f"{run_dir}: no metrics (not run yet)"
             rows.append(row)
@@ -148,7 +149,7 @@ def precision_table(out: str | os.PathLike) -> pd.DataFrame:
             row["best_val_loss"] = float(val["loss"].min())
         for evaluated_in, label in (("fp64", "fp64"), (precision, "own")):
             mine = errors[(errors["trained_in"] == precision) & (errors["evaluated_in"] == evaluated_in)]
-            for column in ("energy_mae", "forces_mae"):
+            for column in (keys.ENERGY_MAE, keys.FORCES_MAE):
                 if len(mine) and column in mine:
                     row[f"test_{column}_{label}"] = float(mine[column].mean())
         rows.append(row)
@@ -178,7 +179,7 @@ def precision_history(out: str | os.PathLike) -> pd.DataFrame:
     out = Path(out)
     frames = []
     for precision in _study(out)["precisions"]:
-        metrics = run_metrics(out / precision)
+        metrics = RunDir(out / precision).metrics()
         if metrics.empty:
             continue
         train = metrics[metrics["phase"] == "train"]
@@ -189,3 +190,4 @@ def precision_history(out: str | os.PathLike) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["precision", "phase", "step", "loss"])
     return pd.concat(frames, ignore_index=True)
+

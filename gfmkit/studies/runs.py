@@ -13,6 +13,7 @@ import pandas as pd
 
 from gfmkit.comm import world
 from gfmkit.files import atomic_write_text
+from gfmkit.rundir import SUMMARY, RunDir
 
 
 def read_study(out: str | os.PathLike, filename: str, command: str) -> dict[str, Any]:
@@ -44,19 +45,14 @@ def open_study(out: str | os.PathLike, filename: str, settings: Mapping[str, Any
 
 
 def run_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """A run's ``metrics.jsonl`` as a table (empty when it has none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    return pd.DataFrame(rows)
+    """A run's metrics as a table (empty when it has none): :meth:`gfmkit.rundir.RunDir.metrics`."""
+    return RunDir(run_dir).metrics()
 
 
 def finished(run_dir: str | os.PathLike) -> bool:
-    """Whether the run in ``run_dir`` stopped because it was done (not by a signal or the wall time)."""
-    metrics = run_metrics(run_dir)
-    if metrics.empty or "event" not in metrics:
-        return False
-    stops = metrics[(metrics["phase"] == "event") & (metrics["event"] == "stop")]
-    return len(stops) > 0 and stops["reason"].iloc[-1] in ("finished", "early_stopping")
+    """Whether the run in ``run_dir`` stopped because it was done (not by a signal or the wall time):
+    :meth:`gfmkit.rundir.RunDir.finished`."""
+    return RunDir(run_dir).finished()
 
 
 def train_to_end(settings: Mapping[str, Any], run_dir: str | os.PathLike) -> None:
@@ -71,11 +67,10 @@ def evaluate_once(run_dir: str | os.PathLike, stores: Sequence[str], target: str
                   precision: str = "fp64", max_structures: int | None = None) -> Path:
     """Evaluate the run's best checkpoint into ``target`` unless that was done; the summary's path."""
     from gfmkit.train import evaluate
-    from gfmkit.train.evaluate import load_run_checkpoint
 
-    summary = Path(target) / "summary.csv"
+    summary = Path(target) / SUMMARY
     if not summary.is_file():
-        evaluate(load_run_checkpoint(run_dir, "best"), list(stores), split=split, out=target, precision=precision,
+        evaluate(RunDir(run_dir).best_checkpoint(), list(stores), split=split, out=target, precision=precision,
                  max_structures=max_structures, figures=False, overwrite=True)  # the study's own, unfinished
     return summary
 

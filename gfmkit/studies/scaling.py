@@ -31,6 +31,7 @@ from gfmkit.cluster.profiles import Profile, as_profile
 from gfmkit.cluster.scripts import render_batch_script, submit
 from gfmkit.config import config_to_dict
 from gfmkit.files import atomic_write_text
+from gfmkit.rundir import RunDir
 
 PLAN = "scaling.json"
 MODES = ("strong", "weak")
@@ -44,11 +45,12 @@ def run_throughput(run_dir: str | os.PathLike, warmup: int = 5) -> dict[str, flo
     the end of the run. Needs records of one step each (``log_every: 1``). A
     step's ``compute_s`` includes its collectives (``comm_s``), so shares are of data + compute.
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    run = RunDir(run_dir)
+    path = run.metrics_path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics (the run has not started, or failed)")
     warmup = max(1, warmup)
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = run.records()
     # only the last segment of a resumed run: the wall time across a stop and a resume is not throughput
     starts = [k for k, r in enumerate(records) if r.get("phase") == "event" and r.get("event") in ("start", "resume")]
     steps = [r for r in records[starts[-1] if starts else 0:] if r.get("phase") == "train"]
@@ -198,3 +200,4 @@ def scaling_table(out: str | os.PathLike, *, warmup: int = 5) -> pd.DataFrame:
             table["speedup"] = table["structures_per_s"] / base["structures_per_s"]
             table["efficiency"] = table["speedup"] / (table["workers"] / base["workers"])
     return table
+

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gfmkit import keys
 from gfmkit._version import __version__
 from gfmkit.config import config_to_dict, load_config
 from gfmkit.data.graphs import GraphDataset, collate, make_loader
@@ -81,7 +82,7 @@ log = get_logger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
 #: Per-head validation error columns, in the order of gfmkit.train.loss.TERMS.
-ERROR_NAMES = ("energy_mae", "forces_mae", "stress_mae", "property_mae")
+ERROR_NAMES = keys.ERROR_COLUMNS
 
 
 class TrainingError(RuntimeError):
@@ -344,21 +345,20 @@ class Trainer:
                     self.step += 1
                     self.batch_in_epoch += 1
                     self._after_step(stats, data_seconds)
-                    bar.update(1)
                     if show:
-                        bar.set_postfix(loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.2e}")
+                        bar.set_postfix(epoch=self.epoch, loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.2e}",
+                                        refresh=False)
+                    bar.update(1)
                     if self._done() or self.stop_reason is not None:
                         break
                     waited = time.perf_counter()
-                bar.close()
                 # the trainer's own count decides: with workers the sampler runs ahead (prefetch) and may
                 # already have finished the epoch when a stop breaks the loop
                 if self.batch_in_epoch >= self.batches_per_epoch:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     self.batches_per_epoch = len(self.sampler.global_batches(self.epoch))
-                    epochs.update(1)
         finally:
-            epochs.close()
+            bar.close()
 
     def _train_step(self, batch, stop: StopRequest) -> dict[str, Any]:
         started = time.perf_counter()

@@ -8,19 +8,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
+from gfmkit import keys
 from gfmkit.studies.finetune import finetune_table
+from gfmkit.viz.ticks import label_log_axis
 
-UNITS = {"energy_mae": "eV/atom", "forces_mae": "eV/Å", "stress_mae": "eV/Å³", "property_mae": "target units"}
+UNITS = keys.ERROR_UNITS
 STYLES = {"scratch": ("k", "o--"), "frozen": ("C0", "s-"), "full": ("C3", "^-")}
 
 
 def headline_metric(rows: pd.DataFrame) -> str:
     """The metric a dataset's learning curve shows: forces when it has them, else energy, else its property."""
-    for metric in ("forces_mae", "energy_mae", "property_mae"):
+    for metric in (keys.FORCES_MAE, keys.ENERGY_MAE, keys.PROPERTY_MAE):
         if metric in rows and rows[metric].notna().any():
             return metric
-    return "energy_mae"
+    return keys.ENERGY_MAE
 
 
 def finetune_figure(out: str | os.PathLike | pd.DataFrame) -> Figure:
@@ -43,6 +46,7 @@ def finetune_figure(out: str | os.PathLike | pd.DataFrame) -> Figure:
                ylabel=f"test {metric.replace('_mae', '')} MAE ({UNITS[metric]})")
         ticks = np.unique(rows["train_structures"].dropna().astype(int))
         ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
+        label_log_axis(ax.yaxis)  # a property's errors often span less than a decade
         ax.legend(frameon=False, fontsize=8)
     return fig
