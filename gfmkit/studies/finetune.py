@@ -32,6 +32,7 @@ from gfmkit import keys
 from gfmkit.comm import world
 from gfmkit.config import config_to_dict
 from gfmkit.rundir import RUN_INFO, SUMMARY
+from gfmkit.studies.registry import Ref, Study
 from gfmkit.studies.runs import (
     evaluate_once,
     on_rank_0,
@@ -148,3 +149,8 @@ def transfer_gain(table: pd.DataFrame, metric: str = keys.FORCES_MAE) -> pd.Data
         return pd.DataFrame(index=pivot.index)
     return pivot.drop(columns="scratch").rdiv(pivot["scratch"], axis=0)
 
+
+REGISTRY_ENTRY = Study(
+    name="finetune", title="fine-tuning study", marker=STUDY,
+    help="transfer to downstream tasks by fine-tuning (learning curves)",
+    run=run_finetune_study, table=finetune_table, figure=Ref("gfmkit.viz.finetune:finetune_figure"))

@@ -31,6 +31,7 @@ from gfmkit.comm import world
 from gfmkit.config import config_to_dict
 from gfmkit.precision import Precision
 from gfmkit.rundir import SUMMARY, RunDir
+from gfmkit.studies.registry import Ref, Study
 from gfmkit.studies.runs import (
     evaluate_once,
     on_rank_0,
@@ -191,3 +192,7 @@ def precision_history(out: str | os.PathLike) -> pd.DataFrame:
         return pd.DataFrame(columns=["precision", "phase", "step", "loss"])
     return pd.concat(frames, ignore_index=True)
 
+
+REGISTRY_ENTRY = Study(
+    name="precision", title="precision study", marker=STUDY, help="BF16/FP32/FP64 precision study",
+    run=run_precision_study, table=precision_table, figure=Ref("gfmkit.viz.precision:precision_figure"))

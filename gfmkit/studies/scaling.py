@@ -32,6 +32,7 @@ from gfmkit.cluster.scripts import render_batch_script, submit
 from gfmkit.config import config_to_dict
 from gfmkit.files import atomic_write_text
 from gfmkit.rundir import RunDir
+from gfmkit.studies.registry import Ref, Study
 
 PLAN = "scaling.json"
 MODES = ("strong", "weak")
@@ -201,3 +202,7 @@ def scaling_table(out: str | os.PathLike, *, warmup: int = 5) -> pd.DataFrame:
             table["efficiency"] = table["speedup"] / (table["workers"] / base["workers"])
     return table
 
+
+REGISTRY_ENTRY = Study(
+    name="scaling", title="scaling study", marker=PLAN, help="strong/weak scaling of training through an hpc profile",
+    run=run_scaling, table=scaling_table, figure=Ref("gfmkit.viz.scaling:scaling_figure"))

@@ -4,17 +4,10 @@
 wrote there, and redraws its figures into one folder, in PNG and in PDF with embedded (TrueType)
 fonts, as journals ask:
 
-===========================  ==================================  =====================================
-a directory with             is                                  figures
-===========================  ==================================  =====================================
-``precision.json``           a precision study                   ``precision``
-``finetune.json``            a fine-tuning study                 ``finetune``
-``scaling.json``             a scaling study                     ``scaling``
-``hpo.json``                 a hyperparameter search             ``hpo``
-``metrics.jsonl``            a training run                      ``history``
-``error_matrix.csv``         an evaluation (``gfmkit evaluate``)  ``error_matrix``, ``per_element``,
-                                                                 ``parity``
-===========================  ==================================  =====================================
+* a study directory (precision, fine-tuning, scaling, hyperparameter search, ...), by the marker
+  file of its declaration in :mod:`gfmkit.studies.registry`: the study's figure, named after it;
+* a training run (``metrics.jsonl``): ``history``;
+* an evaluation (``error_matrix.csv``, ``gfmkit evaluate``): ``error_matrix``, ``per_element``, ``parity``.
 
 A study's own run directories are not drawn one by one (the study figure covers them); evaluations
 inside a training run are. Figure files are named after the directory's path below the folder given
@@ -34,78 +27,37 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gfmkit.files import atomic_path
+from gfmkit.rundir import ERROR_MATRIX, METRICS_FILE
+from gfmkit.studies.registry import studies, study_of
+from gfmkit.viz.evaluation import evaluation_figures
+from gfmkit.viz.history import plot_history
 
 PAPER_STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
                "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8, "savefig.bbox": "tight"}
-STUDY_FILES = {"precision.json": "precision study", "finetune.json": "fine-tuning study", "scaling.json": "scaling study",
-               "hpo.json": "hyperparameter search"}
-
-
-def _precision_figures(path: Path) -> dict[str, Any]:
-    from gfmkit.viz.precision import precision_figure
-
-    return {"precision": precision_figure(path)}
-
-
-def _finetune_figures(path: Path) -> dict[str, Any]:
-    from gfmkit.viz.finetune import finetune_figure
-
-    return {"finetune": finetune_figure(path)}
-
-
-def _hpo_figures(path: Path) -> dict[str, Any]:
-    from gfmkit.viz.hpo import hpo_figure
-
-    return {"hpo": hpo_figure(path)}
-
-
-def _scaling_figures(path: Path) -> dict[str, Any]:
-    from gfmkit.studies.scaling import scaling_table
-    from gfmkit.viz.scaling import scaling_figure
-
-    table = scaling_table(path)
-    if "structures_per_s" not in table or table["structures_per_s"].isna().all():
-        raise ValueError(f"{path}: no finished scaling run to draw yet")
-    return {"scaling": scaling_figure(table, unit="ranks" if (table["nodes"] == 1).all() else "nodes")}
-
-
-def _evaluation_figures(path: Path) -> dict[str, Any]:
-    from gfmkit.train.evaluate import (
-        PREDICTIONS,
-        plot_error_matrix,
-        plot_parity,
-        plot_per_element,
-    )
-
-    figures = {"error_matrix": plot_error_matrix(pd.read_csv(path / "error_matrix.csv"))}
-    if (path / "per_element.csv").is_file():
-        figures["per_element"] = plot_per_element(pd.read_csv(path / "per_element.csv"))
-    if (path / PREDICTIONS).is_file():
-        figures["parity"] = plot_parity(pd.read_csv(path / PREDICTIONS))
-    return figures
+#: What ``gfmkit figures`` calls a training run and an evaluation (studies: their declaration's title).
+TRAINING_RUN, EVALUATION = "training run", "evaluation"
 
 
 def _history_figures(path: Path) -> dict[str, Any]:
-    from gfmkit.train.evaluate import plot_history
-
     return {"history": plot_history(path)}
 
 
 def classify(path: str | os.PathLike) -> str | None:
     """What a directory holds, by the files gfmkit wrote into it (None: nothing drawable)."""
     path = Path(path)
-    for name, kind in STUDY_FILES.items():
-        if (path / name).is_file():
-            return kind
-    if (path / "metrics.jsonl").is_file():
-        return "training run"
-    if (path / "error_matrix.csv").is_file():
-        return "evaluation"
+    study = study_of(path)
+    if study is not None:
+        return study.title
+    if (path / METRICS_FILE).is_file():
+        return TRAINING_RUN
+    if (path / ERROR_MATRIX).is_file():
+        return EVALUATION
     return None
 
 
 def find_sources(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, Path, str]]:
     """(root given, directory, kind) of everything drawable below ``paths``, in a stable order."""
+    study_kinds = {study.title for study in studies().values()}
     found = []
     for root in map(Path, paths):
         if not root.is_dir():
@@ -115,14 +67,15 @@ def find_sources(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, Path, s
             kind = classify(directory)
             if kind is not None:
                 found.append((root, Path(directory), kind))
-            if kind in STUDY_FILES.values():
+            if kind in study_kinds:
                 subdirs.clear()  # the study figure covers its runs
     return found
 
 
+#: kind -> the function that draws a directory of that kind (figure name -> figure)
 DRAWERS: dict[str, Callable[[Path], dict[str, Any]]] = {
-    "precision study": _precision_figures, "fine-tuning study": _finetune_figures, "scaling study": _scaling_figures,
-    "hyperparameter search": _hpo_figures, "training run": _history_figures, "evaluation": _evaluation_figures}
+    **{study.title: study.figures for study in studies().values()},
+    TRAINING_RUN: _history_figures, EVALUATION: evaluation_figures}
 
 
 def regenerate(
