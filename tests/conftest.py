@@ -32,6 +32,47 @@ def emit(obj):
 """
 
 
+#: The tiny model most training tests use.
+TINY_MODEL = {"hidden": 16, "layers": 1, "n_rbf": 8, "cutoff": 4.0, "head_hidden": 8}
+
+
+def tiny_config(stores, **top) -> dict:
+    """The one training-config builder of the tests: a tiny fp64 run of 4 steps on ``stores`` (a path or a
+    list of paths); each keyword replaces a top-level key, and a dict merges into a section."""
+    paths = [str(p) for p in stores] if isinstance(stores, (list, tuple)) else [str(stores)]
+    config = {
+        "data": {"stores": paths},
+        "model": dict(TINY_MODEL),
+        "sampler": {"batch_size": 6},
+        "optimizer": {"lr": 3e-3},
+        "max_steps": 4,
+        "precision": "fp64",
+        "device": "cpu",
+        "validate_every": 2,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "progress": False,
+    }
+    for key, value in top.items():
+        if value is None and key in ("model",):
+            config.pop(key)  # e.g. a fine-tuning run takes the pretrained model's architecture
+        elif isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture
+def one_thread():
+    """Training tests run on one thread: on a shared 2-core machine, 2 OpenMP threads with a busy
+    core make small-op models 10-20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def mpiexec() -> str:
     """The venv's mpiexec (from the mpich wheel) or the one on PATH."""
     here = Path(sys.executable).parent / "mpiexec"

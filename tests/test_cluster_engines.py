@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_train import tiny_config
+from conftest import tiny_config
 
 from gfmkit.cluster import engines
 from gfmkit.cluster.profiles import load_profile

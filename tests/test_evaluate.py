@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from test_train import one_thread, tiny_config  # noqa: F401
+from conftest import tiny_config
 
 from gfmkit.data.graphs import GraphDataset, collate
 from gfmkit.train.evaluate import PREDICTIONS, LiveLossPlot, evaluate, plot_history
@@ -26,28 +26,11 @@ def close_figures():
     plt.close("all")
 
 
-@pytest.fixture(scope="module")
-def trained_checkpoint(demo_dir, tmp_path_factory):
-    """A small model trained by gfmkit.train on every demo dataset (one thread: ~6 s), its best checkpoint."""
-    from gfmkit.train import train
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        config = tiny_config(demo_dir, model={"hidden": 32, "layers": 2, "n_rbf": 10, "cutoff": 4.5, "head_hidden": 16},
-                             sampler={"batch_size": 8}, optimizer={"lr": 5e-3}, precision="fp32", max_steps=160,
-                             validate_every=40, checkpoint_every=160, log_every=20)
-        run, _ = train(config, tmp_path_factory.mktemp("trained") / "run")
-    finally:
-        torch.set_num_threads(before)
-    return run.checkpoints / "best.pt"
-
-
-def test_error_matrix_parity_and_per_element_errors(trained_checkpoint, demo_stores, tmp_path, one_thread):  # noqa: F811
+def test_error_matrix_parity_and_per_element_errors(tiny_checkpoint, demo_stores, tmp_path, one_thread):
     from gfmkit import load_model
 
-    result = evaluate(trained_checkpoint, demo_stores, split=None, out=tmp_path / "eval", max_structures=6)
-    model = load_model(trained_checkpoint).double()
+    result = evaluate(tiny_checkpoint, demo_stores, split=None, out=tmp_path / "eval", max_structures=6)
+    model = load_model(tiny_checkpoint).double()
     names = model.head_names
     matrix = result.matrix
     assert len(matrix) == len(names) ** 2 and set(matrix["head"]) == set(names) == set(matrix["dataset"])
@@ -90,10 +73,10 @@ def test_error_matrix_parity_and_per_element_errors(trained_checkpoint, demo_sto
 METRICS_E = ["energy_mae", "forces_mae", "stress_mae"]
 
 
-def test_evaluate_and_train_commands(trained_checkpoint, demo_dir, tmp_path, capsys, one_thread):  # noqa: F811
+def test_evaluate_and_train_commands(tiny_checkpoint, demo_dir, tmp_path, capsys, one_thread):
     from gfmkit.cli.train import main
 
-    code = main(["evaluate", str(trained_checkpoint), "--data", str(demo_dir), "--split", "test", "--out", str(tmp_path / "ev"),
+    code = main(["evaluate", str(tiny_checkpoint), "--data", str(demo_dir), "--split", "test", "--out", str(tmp_path / "ev"),
                  "--max-structures", "2"])
     assert code == 0
     out = capsys.readouterr().out
@@ -107,7 +90,7 @@ def test_evaluate_and_train_commands(trained_checkpoint, demo_dir, tmp_path, cap
     assert "unknown key 'optimiser'" in err and "did you mean 'optimizer'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_history_plot_and_live_callback(demo_dir, tmp_path, one_thread):  # noqa: F811
+def test_history_plot_and_live_callback(demo_dir, tmp_path, one_thread):
     from gfmkit.train import train
 
     live = LiveLossPlot()

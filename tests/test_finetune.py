@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from gfmkit.data import Store
 from gfmkit.data.graphs import GraphDataset
@@ -23,11 +24,9 @@ MODEL = {"hidden": 16, "layers": 2, "n_rbf": 8, "cutoff": 4.0, "head_hidden": 8}
 
 
 def config(stores: list[str], **extra) -> dict:
-    base = {"data": {"stores": stores}, "sampler": {"batch_size": 8}, "optimizer": {"lr": 3e-3, "ema_decay": None},
-            "precision": "fp64", "max_steps": 6, "validate_every": 6, "checkpoint_every": 6, "progress": False}
-    for key, value in extra.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return base
+    """The tests' tiny config with this module's defaults: 6 steps, no EMA, batches of 8."""
+    return tiny_config(stores, **{"model": None, "sampler": {"batch_size": 8}, "optimizer": {"ema_decay": None},
+                                  "max_steps": 6, "validate_every": 6, "checkpoint_every": 6, "log_every": 50, **extra})
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from ase.build import bulk
 from ase.calculators.emt import EMT
-
 from conftest import single_thread_env
+
 from gfmkit.cli import main
 from gfmkit.config import ConfigError
 from gfmkit.data import DatasetSpec, Store

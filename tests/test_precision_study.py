@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import tiny_config
 
 from gfmkit.studies import (
     PRECISIONS,
@@ -23,23 +24,15 @@ from gfmkit.studies.precision import STUDY
 from gfmkit.studies.runs import finished
 
 
-def tiny_config(demo_dir: Path, steps: int = 12) -> dict:
-    return {
-        "data": {"stores": [str(demo_dir)]},
-        "model": {"hidden": 16, "layers": 2, "n_rbf": 8, "cutoff": 4.0, "head_hidden": 8},
-        "sampler": {"strategy": "temperature", "temperature": 2.0, "batch_size": 8},
-        "optimizer": {"lr": 3e-3},
-        "max_steps": steps,
-        "validate_every": 6,
-        "checkpoint_every": 6,
-        "progress": False,
-    }
+def study_config(demo_dir: Path, steps: int = 12) -> dict:
+    return tiny_config(demo_dir, model={"layers": 2}, sampler={"strategy": "temperature", "temperature": 2.0, "batch_size": 8},
+                       max_steps=steps, validate_every=6, checkpoint_every=6, log_every=50, precision="fp64")
 
 
 @pytest.fixture(scope="module")
 def study(demo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("precision") / "study"
-    table = run_precision_study(tiny_config(demo_dir), out, PRECISIONS, max_structures=3, warmup=2, progress=False)
+    table = run_precision_study(study_config(demo_dir), out, PRECISIONS, max_structures=3, warmup=2, progress=False)
     return out, table
 
 
@@ -100,15 +93,15 @@ def test_a_second_call_keeps_finished_runs_and_evaluations(study, demo_dir):
     out, table = study
     before = {p: (out / p / "metrics.jsonl").read_bytes() for p in PRECISIONS}
     stamps = {p: (out / p / "evaluation-fp64" / "summary.csv").stat().st_mtime_ns for p in PRECISIONS}
-    again = run_precision_study(tiny_config(demo_dir), out, ["fp32"], max_structures=3, warmup=2, progress=False)
+    again = run_precision_study(study_config(demo_dir), out, ["fp32"], max_structures=3, warmup=2, progress=False)
     assert {p: (out / p / "metrics.jsonl").read_bytes() for p in PRECISIONS} == before
     assert {p: (out / p / "evaluation-fp64" / "summary.csv").stat().st_mtime_ns for p in PRECISIONS} == stamps
     assert json.loads((out / STUDY).read_text())["precisions"] == list(PRECISIONS)
     pd.testing.assert_frame_equal(again, table)
     with pytest.raises(ValueError, match="other config"):
-        run_precision_study(tiny_config(demo_dir, steps=13), out, ["fp32"], progress=False)
+        run_precision_study(study_config(demo_dir, steps=13), out, ["fp32"], progress=False)
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
-        run_precision_study(tiny_config(demo_dir), out, ["fp16"], progress=False)
+        run_precision_study(study_config(demo_dir), out, ["fp16"], progress=False)
 
 
 def test_only_a_run_that_ran_to_its_end_counts_as_finished(tmp_path):
@@ -149,7 +142,7 @@ emit({{"rows": len(table), "precisions": list(table["precision"]) if len(table) 
 @pytest.mark.mpi
 def test_a_study_under_mpiexec_trains_on_all_ranks_and_rank_0_evaluates(run_mpi, demo_dir, tmp_path):
     out = tmp_path / "study"
-    result = run_mpi(STUDY_ON_RANKS.format(config=json.dumps(tiny_config(demo_dir, steps=4)), out=str(out)), n=2,
+    result = run_mpi(STUDY_ON_RANKS.format(config=json.dumps(study_config(demo_dir, steps=4)), out=str(out)), n=2,
                      timeout=240)
     (first,), (second,) = result.emitted
     assert first == {"rows": 2, "precisions": ["fp64", "fp32"]} and second == {"rows": 0, "precisions": []}

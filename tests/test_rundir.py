@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from test_train import one_thread, tiny_config  # noqa: F401
+from conftest import tiny_config
 
 from gfmkit import keys, outputs
 from gfmkit.rundir import (

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_train import tiny_config
+from conftest import tiny_config
 
 from gfmkit.cli import main
 from gfmkit.studies.scaling import (

@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 import yaml
+from conftest import TINY_MODEL, tiny_config
 
 from gfmkit.config import ConfigError
 from gfmkit.launch import first_host, master_host
@@ -31,41 +32,6 @@ from gfmkit.train.distributed import backend_for, select_device
 from gfmkit.train.signals import stop_deadline
 from gfmkit.train.state import EMA, Schedule
 from gfmkit.train.trainer import LAST
-
-TINY = {"hidden": 16, "layers": 1, "n_rbf": 8, "cutoff": 4.0, "head_hidden": 8}
-
-
-def tiny_config(demo_dir, **top) -> dict:
-    config = {
-        "data": {"stores": [str(demo_dir)]},
-        "model": dict(TINY),
-        "sampler": {"batch_size": 6},
-        "optimizer": {"lr": 3e-3},
-        "max_steps": 4,
-        "precision": "fp64",
-        "device": "cpu",
-        "validate_every": 2,
-        "checkpoint_every": 2,
-        "log_every": 1,
-        "progress": False,
-    }
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
-
-
-@pytest.fixture
-def one_thread():
-    """Training tests run on one thread: on a shared 2-core machine, 2 OpenMP threads with a busy
-    core make small-op models 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # -- config ------------------------------------------------------------------------------------------
 
@@ -232,7 +198,7 @@ def test_loss_of_rank_slices_adds_up_to_the_whole_batch(demo_stores):
     from gfmkit.train.loss import HeadTable, combine, loss_parts
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**TINY), demo_stores).double()
+    model = build_model(ModelConfig(**TINY_MODEL), demo_stores).double()
     data = GraphDataset(demo_stores, 4.0, split="train")
     picks = [k for h in range(len(model.heads)) for k in [i for i in range(len(data)) if data.head[i] == h][:2]]
     graphs = [data[k] for k in picks[::-1]]  # every head twice, mixed sizes
@@ -270,7 +236,7 @@ def test_a_structure_trains_only_its_own_head(demo_stores):
     from gfmkit.train.loss import HeadTable, combine, loss_parts
 
     torch.manual_seed(1)
-    model = build_model(ModelConfig(**TINY), demo_stores).double()
+    model = build_model(ModelConfig(**TINY_MODEL), demo_stores).double()
     data = GraphDataset(demo_stores, 4.0, split="train")
     bulk = model.head_index("bulk")
     batch = collate([data[k] for k in range(len(data)) if data.head[k] == bulk][:3])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_train import tiny_config
+from conftest import tiny_config
 
 TRAIN = """
 import json
