@@ -1,4 +1,8 @@
-"""Studies built on training and inference: scaling, precision and fine-tuning (screening lands later)."""
+"""Studies built on training and inference: scaling, precision and fine-tuning (screening lands later).
+
+Each study, the hyperparameter search included, is declared once (marker file, run, table, figure, CLI
+command) as a :class:`~gfmkit.studies.registry.Study`; :func:`gfmkit.studies.registry.studies` lists them.
+"""
 
 from gfmkit.studies.finetune import (
     STRATEGIES,
