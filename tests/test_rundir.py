@@ -56,7 +56,7 @@ def test_the_last_stop_decides(tmp_path):
     assert [r["step"] for r in run.records()] == [1, 2, 3] and len(run.metrics()) == 3
 
 
-def test_a_stopped_run_is_not_finished_until_resumed_to_its_end(demo_dir, tmp_path, one_thread):  # noqa: F811
+def test_a_stopped_run_is_not_finished_until_resumed_to_its_end(demo_dir, tmp_path, one_thread):
     from gfmkit.train import Trainer, train
 
     config = tiny_config(demo_dir, max_steps=4, wall_time=1e-3, stop_margin=0.0)
