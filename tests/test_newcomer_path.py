@@ -116,3 +116,19 @@ def test_a_logged_training_has_no_redrawn_bars(demo_dir, tmp_path):
                            capture_output=True, text=True, env=single_thread_env(GFMKIT_PROGRESS_INTERVAL="0"),
                            timeout=300, check=False)
     assert shown.returncode == 0 and "evaluate:" in shown.stderr and "\r" not in shown.stderr
+
+
+@pytest.mark.slow
+def test_the_demo_log_has_no_redrawn_bars_and_no_empty_folders(tmp_path):
+    log = tmp_path / "demo.log"
+    out = tmp_path / "demo"
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "gfmkit.cli", "demo", "--out", str(out), "--scale", "0.03",
+                               "--steps", "20"], stdout=fh, stderr=subprocess.STDOUT,
+                              env=single_thread_env(GFMKIT_PROGRESS_INTERVAL="0"), timeout=600, check=False)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "\r" not in text and "\x1b[" not in text
+    assert "train: 20/20" in text and "forces MAE (eV/Å)" in text
+    empty = [p for p in out.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    assert empty == []  # no checkpoints/ or figures/ folder that stays empty

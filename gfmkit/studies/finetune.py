@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from gfmkit import keys
 from gfmkit.comm import world
 from gfmkit.config import config_to_dict
+from gfmkit.progress import progress_bar
 from gfmkit.rundir import RUN_INFO, SUMMARY
 from gfmkit.studies.registry import Ref, Study
 from gfmkit.studies.runs import (
@@ -110,7 +110,7 @@ def run_finetune_study(
     study = open_study(out, STUDY, settings, grows=["strategies", "fractions"], command="run_finetune_study")
     main = world().rank == 0
     cells = [(s, f) for s in settings["strategies"] for f in settings["fractions"]]
-    for strategy, fraction in tqdm(cells, desc="fine-tuning runs", unit="run", disable=not (progress and main)):
+    for strategy, fraction in progress_bar(cells, desc="fine-tuning runs", unit="run", disable=not (progress and main)):
         run_dir = Path(out) / run_name(strategy, fraction)
         train_to_end(run_settings(base, pretrained, model, strategy, fraction, study["heads"]), run_dir)
         on_rank_0(lambda run_dir=run_dir: evaluate_once(run_dir, base["data"]["stores"], run_dir / "evaluation",

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from gfmkit import keys
 from gfmkit.comm import world
 from gfmkit.config import config_to_dict
 from gfmkit.precision import Precision
+from gfmkit.progress import progress_bar
 from gfmkit.rundir import SUMMARY, RunDir
 from gfmkit.studies.registry import Ref, Study
 from gfmkit.studies.runs import (
@@ -92,7 +92,7 @@ def run_precision_study(
                 "warmup": warmup, "config": base}
     open_study(out, STUDY, settings, grows=["precisions"], command="run_precision_study")
     main = world().rank == 0
-    for precision in tqdm(settings["precisions"], desc="precisions", unit="run", disable=not (progress and main)):
+    for precision in progress_bar(settings["precisions"], desc="precisions", unit="run", disable=not (progress and main)):
         run_dir = Path(out) / precision
         train_to_end({**base, "precision": precision, "log_every": 1, "progress": progress and base["progress"]}, run_dir)
         def evaluate_run(run_dir: Path = run_dir, precision: str = precision) -> None:

@@ -25,12 +25,12 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 
 from gfmkit.cluster.profiles import Profile, as_profile
 from gfmkit.cluster.scripts import render_batch_script, submit
 from gfmkit.config import config_to_dict
 from gfmkit.files import atomic_write_text
+from gfmkit.progress import progress_bar
 from gfmkit.rundir import RunDir
 from gfmkit.studies.registry import Ref, Study
 
@@ -171,7 +171,7 @@ def run_scaling(
             plan["job"] = [submit(profile, path) for path in plan["script"]]
         return plan
     env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_rank), MKL_NUM_THREADS=str(threads_per_rank))
-    for row in tqdm(plan.itertuples(), total=len(plan), desc="scaling runs", unit="run"):
+    for row in progress_bar(plan.itertuples(), total=len(plan), desc="scaling runs", unit="run"):
         command = profile.launch_command(1, row.ranks)
         command[0] = profile.launcher_path()
         result = subprocess.run(command + list(row.command), env=env, capture_output=True, text=True,

@@ -24,9 +24,9 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from tqdm.auto import tqdm
 
 from gfmkit.files import atomic_path
+from gfmkit.progress import progress_bar
 from gfmkit.rundir import ERROR_MATRIX, METRICS_FILE
 from gfmkit.studies.registry import studies, study_of
 from gfmkit.viz.evaluation import evaluation_figures
@@ -98,7 +98,7 @@ def regenerate(
         raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder for figures", str(out))
     rows = []
     stems: set[str] = set()
-    for root, directory, kind in tqdm(find_sources(paths), desc="figures", unit="dir", disable=not progress):
+    for root, directory, kind in progress_bar(find_sources(paths), desc="figures", unit="dir", disable=not progress):
         relative = directory.relative_to(root)
         stem = "-".join((root.absolute().name or "root", *relative.parts))
         base, copy = stem, 1

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from ase import Atoms
 from ase.data import chemical_symbols
-from tqdm.auto import tqdm
 
 from gfmkit import keys
 from gfmkit.comm import SerialComm
@@ -27,6 +26,7 @@ from gfmkit.data.store_write import write_store
 from gfmkit.data.structure import Structure
 from gfmkit.log import get_logger
 from gfmkit.outputs import agree, check_store_output
+from gfmkit.progress import progress_bar
 
 log = get_logger(__name__)
 
@@ -51,7 +51,7 @@ def _generate_atoms(dataset: DemoDataset, seed: int, start: int, stop: int,
     made: list[Atoms] = []
     indices: list[int] = []
     problems: list[Problem] = []
-    for index in tqdm(range(start, stop), desc=dataset.name, unit="structure", disable=not progress, leave=True):
+    for index in progress_bar(range(start, stop), desc=dataset.name, unit="structure", disable=not progress, leave=True):
         try:
             made.append(dataset.structure(seed, index))
         except Exception as error:  # noqa: BLE001 (a failed calculation becomes a problem every rank sees)
