@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -11,15 +12,12 @@ from gfmkit.cli import cluster as cluster_cli
 from gfmkit.cli import data as data_cli
 from gfmkit.cli import demo as demo_cli
 from gfmkit.cli import figures as figures_cli
-from gfmkit.cli import finetune as finetune_cli
-from gfmkit.cli import hpo as hpo_cli
 from gfmkit.cli import kernel as kernel_cli
-from gfmkit.cli import precision as precision_cli
-from gfmkit.cli import scaling as scaling_cli
 from gfmkit.cli import train as train_cli
 from gfmkit.cli.common import add_shared_flags, fail, is_user_error, setup_logging
 from gfmkit.outputs import oserror_message
 from gfmkit.progress import set_progress
+from gfmkit.studies.registry import studies
 
 # Capabilities whose implementation has not landed yet: (help, issue that builds it).
 NOT_BUILT = {
@@ -44,11 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_not_built(name, where))
     cluster_cli.add_parser(sub)
     kernel_cli.add_parser(sub)
-    scaling_cli.add_parser(sub)
-    precision_cli.add_parser(sub)
-    finetune_cli.add_parser(sub)
+    for study in studies().values():  # every declared study's command lives in gfmkit.cli.<command>
+        importlib.import_module(f"gfmkit.cli.{study.command}").add_parser(sub)
     figures_cli.add_parser(sub)
-    hpo_cli.add_parser(sub)
     demo_cli.add_parser(sub)
     add_shared_flags(parser)
     return parser

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gfmkit.cli.common import print_table, rank
+from gfmkit.keys import ERROR_COLUMNS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,15 +61,12 @@ def run_train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / args.config.stem
     run, metrics = train(config, out, resume=args.resume, overwrite=args.overwrite)
     if rank() == 0:
-        stops = metrics[metrics["event"] == "stop"] if "event" in metrics else metrics.iloc[0:0]
-        reason = stops["reason"].iloc[-1] if len(stops) else "finished"
-        step = int(stops["step"].iloc[-1]) if len(stops) else -1
+        steps = metrics["step"].dropna() if "step" in metrics else []
+        print(f"run {run.path}: stopped at step {int(steps.iloc[-1]) if len(steps) else 0} ({run.stop_reason()})")
         val = metrics[metrics["phase"] == "val"] if "phase" in metrics else metrics.iloc[0:0]
-        print(f"run {run.path}: stopped at step {step} ({reason})")
         if len(val):
-            columns = [c for c in ("step", "loss", "energy_mae", "forces_mae", "stress_mae", "property_mae") if c in val]
-            print_table(val[columns].tail(1))
-        if reason not in ("finished", "early_stopping"):
+            print_table(val[[c for c in ("step", "loss", *ERROR_COLUMNS) if c in val]].tail(1))
+        if not run.finished():
             print(f"continue with: gfmkit train {args.config} --out {run.path} --resume auto")
     return 0
 
