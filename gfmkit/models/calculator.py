@@ -33,6 +33,13 @@ class GFMCalculator(Calculator):
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
+        batch = self._batch()
+        want_stress = "stress" in properties and bool(self.atoms.pbc.all())
+        out = self.model(batch, forces=True, stress=want_stress)
+        self._store(out[keys.ENERGY][0], out[keys.FORCES], out[keys.STRESS][0] if want_stress else None)
+
+    def _batch(self) -> Any:
+        """A batch of ``self.atoms`` alone, labelled with this calculator's head."""
         atoms = self.atoms
         arrays = {
             "numbers": atoms.numbers,
@@ -43,11 +50,40 @@ class GFMCalculator(Calculator):
             "spin": atoms.info.get(keys.SPIN),
         }
         graph = structure_graph(arrays, self.head_index, self.model.config.cutoff, dtype=self.dtype)
-        batch = collate([graph]).to(self.device)
-        want_stress = "stress" in properties and bool(atoms.pbc.all())
-        out = self.model(batch, forces=True, stress=want_stress)
-        energy = float(out[keys.ENERGY][0])
-        self.results = {"energy": energy, "free_energy": energy, "forces": out[keys.FORCES].cpu().double().numpy()}
-        if want_stress:
-            s = out[keys.STRESS][0].cpu().double().numpy()
+        return collate([graph]).to(self.device)
+
+    def _store(self, energy: torch.Tensor, forces: torch.Tensor, stress: torch.Tensor | None) -> None:
+        energy = float(energy)
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces.cpu().double().numpy()}
+        if stress is not None:
+            s = stress.cpu().double().numpy()
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+
+
+class WeightedCalculator(GFMCalculator):
+    """Energy, forces and stress of ``model``'s composition-weighted energy heads
+    (:func:`gfmkit.models.predict.predict` with ``forces="weighted"``): ``weights`` "auto" (the gate
+    when fitted, else the training-free overlap), "gate", "overlap", "uniform" or a mapping head ->
+    weight; ``target`` the head whose references the energy carries (default: the first energy head).
+    ``results`` also holds ``head_weights`` and ``head_energies`` (dicts by head name, eV) and
+    ``head_energy_spread`` (eV/atom, the heads' disagreement)."""
+
+    def __init__(self, model: Any, weights: Any = "auto", target: Any = None, **kwargs: Any):
+        from gfmkit.models.weighting import default_target
+
+        energy_head = default_target(model)
+        super().__init__(model, energy_head, **kwargs)
+        self.head = "weighted"
+        self.weights = weights
+        self.target = energy_head if target is None else target
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        Calculator.calculate(self, atoms, properties, system_changes)
+        want_stress = "stress" in properties and bool(self.atoms.pbc.all())
+        heads = [h.name for h in self.model.heads if h.kind == "energy"]
+        out = self.model.predict(self._batch(), heads=heads, forces="weighted", stress=want_stress,
+                                 weights=self.weights, target=self.target)
+        self._store(out.energy[0], out.forces, out.stress[0] if want_stress else None)
+        self.results["head_weights"] = {n: float(w) for n, w in zip(out.heads, out.weights[0])}
+        self.results["head_energies"] = {n: float(e) for n, e in zip(out.heads, out.energies[0])}
+        self.results["head_energy_spread"] = float(out.energy_spread[0])

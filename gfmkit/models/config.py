@@ -47,6 +47,9 @@ class HeadConfig:
     reference_energies: dict[str, float] = field(default_factory=dict)
     scale: float = 1.0
     shift: float = 0.0
+    # element fractions (symbol -> share of atoms) of the training data, for the training-free head
+    # weights (gfmkit.models.weighting); empty: unknown (older checkpoints), the reference elements are used
+    composition: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind == "energy" and (self.target != "energy" or self.pooling != "sum"):

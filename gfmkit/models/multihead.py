@@ -10,7 +10,7 @@ many heads are read: ``energies=True`` also returns every head's energy (B, n_he
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -48,11 +48,15 @@ class MultiHeadPaiNN(nn.Module):
         except ValueError:
             raise KeyError(f"model has no head {name!r}; heads: {self.head_names}") from None
 
-    def calculator(self, head: str | None = None) -> Any:
+    def calculator(self, head: str | None = None, **weighting: Any) -> Any:
         """An ASE calculator of this model's head ``head`` (energy, forces, stress); without ``head``, the
-        model's only energy head (a model with several says which there are)."""
-        from gfmkit.models.calculator import GFMCalculator
+        model's only energy head (a model with several says which there are). ``head="weighted"``: the
+        composition-weighted energy heads (``weighting`` keywords: ``weights`` and ``target`` of
+        :meth:`predict`; ``calc.results`` also holds the head weights and every head's energy)."""
+        from gfmkit.models.calculator import GFMCalculator, WeightedCalculator
 
+        if head == "weighted":
+            return WeightedCalculator(self, **weighting)
         if head is None:
             energy_heads = [h.name for h in self.heads if h.kind == "energy"]
             if len(energy_heads) != 1:
@@ -60,6 +64,32 @@ class MultiHeadPaiNN(nn.Module):
                                  f"model.calculator(head=...) with head in {energy_heads}")
             head = energy_heads[0]
         return GFMCalculator(self, head)
+
+    @property
+    def gate(self) -> nn.Module | None:
+        """The fitted head gate (:class:`gfmkit.models.gate.HeadGate`), or None; set with :meth:`set_gate`."""
+        return self._modules.get("gate")
+
+    def set_gate(self, gate: nn.Module | None) -> None:
+        """Attach (or with None remove) a head gate; it is saved in checkpoints with the weights."""
+        if gate is not None and gate.n_heads != len(self.heads):
+            raise ValueError(f"the gate weights {gate.n_heads} heads, the model has {len(self.heads)}")
+        self._modules["gate"] = gate
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``; a state with a head gate (``gate.*``) builds the gate first."""
+        if self.gate is None and any(k.startswith("gate.") for k in state_dict):
+            from gfmkit.models.gate import HeadGate
+
+            self.set_gate(HeadGate.from_state_dict(state_dict, prefix="gate."))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def predict(self, batch: Any, **options: Any) -> Any:
+        """Every chosen head's energy from one encoder pass, per-head or weighted forces and stress, head
+        weights and the heads' disagreement: see :func:`gfmkit.models.predict.predict`."""
+        from gfmkit.models.predict import predict
+
+        return predict(self, batch, **options)
 
     def load_head_statistics(self) -> None:
         """Copy each HeadConfig's references, scale and shift into the model's float64 buffers."""
@@ -89,11 +119,34 @@ class MultiHeadPaiNN(nn.Module):
         that are not fully periodic), ``energies`` (B, n_heads) when ``energies``. ``training`` keeps
         the graph so that a loss on forces/stress can be back-propagated.
         """
+        conservative = forces and self.direct is None
+        state = self.head_pass(batch, positions=conservative, stress=stress)
+        totals = state.totals
+        own = totals.gather(1, batch.dataset[:, None]).squeeze(1)
+        out = {keys.ENERGY: own}
+        if energies:
+            out["energies"] = totals
+
+        if forces and self.direct is not None:
+            direct = run_direct(self.direct, state.vectors)  # (N, 3, n_heads)
+            out[keys.FORCES] = direct.gather(2, batch.dataset.index_select(0, state.graph_of_atom)[:, None, None].expand(-1, 3, 1)).squeeze(2)
+        wrt = state.inputs()
+        if wrt:
+            grads = torch.autograd.grad(own.sum(), wrt, create_graph=training, retain_graph=training)
+            if conservative:
+                out[keys.FORCES] = -grads[0]
+            if state.strain is not None:
+                out[keys.STRESS] = strain_to_stress(batch, grads[-1])
+        return out if training else {k: t.detach() for k, t in out.items()}
+
+    def head_pass(self, batch: Any, *, positions: bool, stress: bool) -> HeadPass:
+        """One encoder pass over ``batch``: every head's total (B, n_heads), with positions (when
+        ``positions``) and a symmetric strain (when ``stress``) as autograd inputs of the totals.
+        :meth:`forward` and :func:`gfmkit.models.predict.predict` both start from it."""
         cell = batch.cell
         n_graphs = int(batch.natoms.numel())
         graph_of_atom = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(batch.z)
-        conservative = forces and self.direct is None
-        leaf = batch.pos.detach().requires_grad_(True) if (conservative or stress) else batch.pos
+        leaf = batch.pos.detach().requires_grad_(True) if (positions or stress) else batch.pos
         pos = leaf
         strain = None
         if stress:
@@ -115,28 +168,34 @@ class MultiHeadPaiNN(nn.Module):
         totals = torch.zeros(n_graphs, per_atom.shape[1], dtype=per_atom.dtype, device=per_atom.device)
         totals = totals.index_add(0, graph_of_atom, per_atom)
         totals = torch.where(self.readout.is_mean, totals / batch.natoms[:, None].to(totals.dtype), totals)
-        own = totals.gather(1, batch.dataset[:, None]).squeeze(1)
-        out = {keys.ENERGY: own}
-        if energies:
-            out["energies"] = totals
-
-        if forces and self.direct is not None:
-            direct = run_direct(self.direct, v)  # (N, 3, n_heads)
-            out[keys.FORCES] = direct.gather(2, batch.dataset.index_select(0, graph_of_atom)[:, None, None].expand(-1, 3, 1)).squeeze(2)
-        wrt = ([leaf] if conservative else []) + ([strain] if strain is not None else [])
-        if wrt:
-            grads = torch.autograd.grad(own.sum(), wrt, create_graph=training, retain_graph=training)
-            if conservative:
-                out[keys.FORCES] = -grads[0]
-            if strain is not None:
-                volume = torch.abs(torch.linalg.det(batch.cell))
-                periodic = batch.pbc.all(dim=1)
-                safe = torch.where(periodic, volume, torch.ones_like(volume))
-                out[keys.STRESS] = torch.where(periodic[:, None, None], grads[-1] / safe[:, None, None], torch.zeros_like(grads[-1]))
-        return out if training else {k: t.detach() for k, t in out.items()}
-
+        return HeadPass(totals, graph_of_atom, leaf if positions else None, strain, v)
 
 def run_direct(layer: nn.Linear, v: torch.Tensor) -> torch.Tensor:
     weight = layer.weight
     x = v if v.dtype == weight.dtype or torch.is_autocast_enabled() else v.to(weight.dtype)
     return layer(x).to(v.dtype)
+
+
+@dataclass
+class HeadPass:
+    """What one encoder pass leaves: every head's total (B, n_heads), the atoms' structure index, the
+    positions and strain the totals are differentiable in (None when not asked), the vector features."""
+
+    totals: torch.Tensor
+    graph_of_atom: torch.Tensor
+    positions: torch.Tensor | None
+    strain: torch.Tensor | None
+    vectors: torch.Tensor
+
+    def inputs(self) -> list[torch.Tensor]:
+        """The autograd inputs of this pass, positions first: the ``inputs`` of ``autograd.grad``."""
+        return [t for t in (self.positions, self.strain) if t is not None]
+
+
+def strain_to_stress(batch: Any, grad_strain: torch.Tensor) -> torch.Tensor:
+    """Stress (..., B, 3, 3), eV/Å^3, from dE/d strain: divided by each cell's volume; zeros for
+    structures that are not fully periodic. Leading axes (e.g. one per head) broadcast."""
+    volume = torch.abs(torch.linalg.det(batch.cell))
+    periodic = batch.pbc.all(dim=1)
+    safe = torch.where(periodic, volume, torch.ones_like(volume))
+    return torch.where(periodic[:, None, None], grad_strain / safe[:, None, None], torch.zeros_like(grad_strain))
