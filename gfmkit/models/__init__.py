@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from gfmkit.models.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from gfmkit.models.config import HeadConfig, ModelConfig
+from gfmkit.models.gate import HeadGate, fit_head_gate
 from gfmkit.models.multihead import MultiHeadPaiNN
+from gfmkit.models.predict import Prediction, predict
 from gfmkit.models.statistics import heads_from_stores
+from gfmkit.models.weighting import set_head_compositions
 
 
 def build_model(config: ModelConfig, stores, *, split: str = "train") -> MultiHeadPaiNN:
@@ -17,11 +20,16 @@ def build_model(config: ModelConfig, stores, *, split: str = "train") -> MultiHe
 __all__ = [
     "CheckpointError",
     "HeadConfig",
+    "HeadGate",
     "ModelConfig",
     "MultiHeadPaiNN",
+    "Prediction",
     "build_model",
+    "fit_head_gate",
     "heads_from_stores",
     "load_model",
+    "predict",
     "read_checkpoint",
     "save_checkpoint",
+    "set_head_compositions",
 ]

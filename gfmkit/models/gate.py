@@ -140,7 +140,7 @@ def fit_head_gate(
         loss = error.square().mean()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     with torch.no_grad():  # property heads never get weight: a very negative bias
         gate.out.bias[[k for k in range(len(model.heads)) if k not in energy_heads]] = -1e4
     parameter = next(model.parameters())
