@@ -1,7 +1,7 @@
 """Evaluation of a checkpoint on stores: the head x dataset error matrix, parity values, per-element errors.
 
-Every head predicts every dataset (one forward per head and batch, so each head's forces and stress are
-its own): the matrix shows how well a head of one level of theory transfers to another dataset, the
+Every head predicts every dataset (one encoder pass per batch for all heads, each head's own forces and
+stress from :meth:`MultiHeadPaiNN.predict` with ``forces="each"``): the matrix shows how well a head of one level of theory transfers to another dataset, the
 diagonal is each dataset's own head. Energy heads are scored on energy datasets (energy per atom,
 forces and stress MAE), property heads on datasets with their property; other pairs are NaN. Parity
 plots and per-element force errors use each dataset's own head.
@@ -116,6 +116,7 @@ def evaluate(
     acc: dict[tuple[str, str], np.ndarray] = {}
     parity: list[dict[str, Any]] = []
     element_rows: list[tuple[str, np.ndarray, np.ndarray]] = []
+    any_energy = any(head.kind == "energy" for head in model.heads)
     iterator = range(0, len(chosen), batch_size)
     if progress:
         from gfmkit.progress import progress_bar
@@ -128,12 +129,17 @@ def evaluate(
         atom_graph = batch.batch
         natoms = batch.natoms.to(torch.float64)
         periodic = batch.pbc.all(dim=1)
+        # one encoder pass for every head: energies, and per-head forces (and stress) of the energy heads
+        want_stress = any_energy and bool((batch.stress_mask & periodic).any())
+        with precision_scope(policy, device):
+            every = model.predict(batch, forces="each" if any_energy else "none", stress=want_stress)
         for h, head in enumerate(model.heads):
-            probe = batch.clone()
-            probe.dataset = torch.full_like(batch.dataset, h)
             energy_head = head.kind == "energy"
-            with precision_scope(policy, device):
-                pred = model(probe, forces=energy_head, stress=energy_head and bool((batch.stress_mask & periodic).any()))
+            pred = {keys.ENERGY: every.energies[:, h]}
+            if energy_head:
+                pred[keys.FORCES] = every.forces[h]
+                if want_stress:
+                    pred[keys.STRESS] = every.stress[h]
             e = pred[keys.ENERGY].double()
             for name in dict.fromkeys(own_names):
                 rows = torch.as_tensor(own_names == name, device=batch.z.device)
