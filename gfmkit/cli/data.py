@@ -130,15 +130,22 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from gfmkit.data.ingest import convert
+    from gfmkit.data.ingest import convert, convert_store
     from gfmkit.data.labels import StructureError
 
     spec = _spec_from_args(args)
     comm = world()
     report_path = agree(comm, lambda: args.report and output_file(args.report, "skipped.csv", overwrite=args.overwrite))
+    stores = [f for f in args.files if f.is_dir() and f.suffix == ".bp"]
+    if stores and len(args.files) > 1:
+        raise CLIError(f"{stores[0]}: convert a store file (HydraGNN .bp) on its own, not with other inputs")
     try:
-        report = convert(args.files, args.out, spec, comm=comm, format=args.format, progress=rank() == 0,
-                         engine=args.engine, overwrite=args.overwrite)
+        if stores:  # a HydraGNN (or gfmkit) store file: every split, each structure's split kept
+            report = convert_store(stores[0], args.out, spec, comm=comm, progress=rank() == 0, engine=args.engine,
+                                   overwrite=args.overwrite)
+        else:
+            report = convert(args.files, args.out, spec, comm=comm, format=args.format, progress=rank() == 0,
+                             engine=args.engine, overwrite=args.overwrite)
     except StructureError as exc:
         raise CLIError(f"{exc}; no store was written (use --on-error skip to drop bad structures)") from None
     except (FileNotFoundError, ValueError) as exc:
@@ -157,9 +164,9 @@ def run_info(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from gfmkit.data.multi import store_paths
-    from gfmkit.data.store_read import Store
+    from gfmkit.data.readers import open_store
 
-    infos = [Store(path).info() for path in store_paths(args.stores)]
+    infos = [open_store(path).info() for path in store_paths(args.stores)]  # gfmkit stores and HydraGNN files
     if args.json:
         print_json(infos if len(infos) > 1 else infos[0])
         return 0

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from gfmkit import keys
 from gfmkit.comm import SerialComm
 from gfmkit.data.labels import Problem, StructureError, structure_from_atoms
 from gfmkit.data.sources import SourceLike, assign_units, units_of
@@ -130,3 +132,45 @@ def convert(
     structures, report = read_structures(sources, spec, comm=comm, format=format, progress=progress)
     report.path = write_store(structures, out, spec, comm=comm, engine=engine, overwrite=overwrite)
     return report
+
+
+def convert_store(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    spec: DatasetSpec,
+    *,
+    comm: Any = None,
+    progress: bool = True,
+    engine: str = "BP5",
+    overwrite: bool = False,
+) -> IngestReport:
+    """A store file (a HydraGNN ``.bp`` with its splits, or another gfmkit store) as a gfmkit store of
+    dataset ``spec``: every structure validated, its split kept. Under MPI each rank reads a contiguous
+    share and the result equals a serial conversion."""
+    from gfmkit.data.readers import open_store
+
+    comm = comm or SerialComm()
+    agree(comm, lambda: check_store_output(out, overwrite=overwrite))
+    store = open_store(source, dataset=spec.name, level_of_theory=spec.level_of_theory)
+    bounds = np.linspace(0, len(store), comm.size + 1).round().astype(int)
+    kept, problems = [], []
+    for index in progress_bar(range(bounds[comm.rank], bounds[comm.rank + 1]), desc=f"read {spec.name}",
+                              unit=" structures", disable=not progress or comm.rank != 0):
+        structure = store[index]
+        structure.dataset, structure.level_of_theory, structure.source_index = spec.name, spec.level_of_theory, index
+        found = [Problem(str(source), index, target, "declared target is missing in the file")
+                 for target in spec.targets if _label_of(structure, target) is None]
+        found = found or validate(structure, spec.validation, str(source), index)
+        problems += found
+        if not found:
+            kept.append(structure)
+    all_problems = [p for rank_problems in comm.allgather(problems) for p in rank_problems]
+    report = IngestReport(spec.name, len(store), len(store) - len({(p.source, p.index) for p in all_problems}), all_problems)
+    if all_problems and spec.validation.policy == "fail":
+        raise StructureError(all_problems)
+    report.path = write_store(kept, out, spec, comm=comm, engine=engine, overwrite=overwrite, keep_splits=True)
+    return report
+
+
+def _label_of(structure: Structure, target: str) -> Any:
+    return getattr(structure, target) if target in keys.POTENTIAL_TARGETS else structure.properties.get(target)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gfmkit.data.readers import open_store
 from gfmkit.data.store_read import Store, StoreError
 from gfmkit.data.structure import Structure
 from gfmkit.files import atomic_write_text
@@ -141,7 +142,7 @@ def open_stores(
     paths: Iterable[str | os.PathLike], *, registry: DatasetRegistry | None = None, preload: bool = False
 ) -> MultiStore:
     """Open stores (files, or directories holding ``*.bp`` stores) as one :class:`MultiStore`."""
-    return MultiStore([Store(p, preload=preload) for p in store_paths(paths)], registry=registry)
+    return MultiStore([open_store(p, preload=preload) for p in store_paths(paths)], registry=registry)
 
 
 def store_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:

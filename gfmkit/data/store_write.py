@@ -28,6 +28,7 @@ import adios2
 import numpy as np
 from adios2 import bindings
 
+from gfmkit import keys
 from gfmkit._version import __version__
 from gfmkit.comm import SerialComm
 from gfmkit.data import store_format as fmt
@@ -53,6 +54,7 @@ def write_store(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     parallel_io: bool | None = None,
     overwrite: bool = False,
+    keep_splits: bool = False,
 ) -> Path:
     """Write ``structures`` (this rank's block) as the store ``path`` for dataset ``spec``; return the path.
 
@@ -60,7 +62,8 @@ def write_store(
     structures included. ``parallel_io`` forces (True) or forbids (False) collective ADIOS2 writes;
     by default they are used when ADIOS2 was built with MPI. An existing ``path`` is replaced only
     with ``overwrite=True`` and only if it is a gfmkit store (:func:`gfmkit.outputs.check_store_output`);
-    every rank raises the same :class:`~gfmkit.outputs.OutputError` otherwise.
+    every rank raises the same :class:`~gfmkit.outputs.OutputError` otherwise. ``keep_splits`` keeps
+    each structure's own ``split`` (a converted store's) instead of drawing splits from the spec's seed.
     """
     comm = comm or SerialComm()
     path = Path(path)
@@ -72,8 +75,10 @@ def write_store(
         raise ValueError(f"{path}: no structures to write for dataset {spec.name!r}")
 
     # Global quantities, computed on rank 0 from gathered per-structure values (O(structures) memory).
+    given = np.array([keys.SPLITS.index(s.split) for s in structures], dtype=np.uint8) if keep_splits else None
     gathered = comm.gather(
-        (block.per_structure[fmt.NATOMS], block.per_structure.get(fmt.ENERGY), np.bincount(block.per_atom[fmt.NUMBERS], minlength=119)),
+        (block.per_structure[fmt.NATOMS], block.per_structure.get(fmt.ENERGY), np.bincount(block.per_atom[fmt.NUMBERS], minlength=119),
+         given),
         root=0,
     )
     attrs = split = None
@@ -81,7 +86,8 @@ def write_store(
         natoms = np.concatenate([g[0] for g in gathered])
         energy = np.concatenate([g[1] for g in gathered]) if fmt.ENERGY in block.per_structure else None
         element_counts = np.sum([g[2] for g in gathered], axis=0)
-        split = fmt.split_codes(n_structures, spec.split_fractions, spec.split_seed)
+        split = (np.concatenate([g[3] for g in gathered]) if keep_splits
+                 else fmt.split_codes(n_structures, spec.split_fractions, spec.split_seed))
         attrs = _attributes(spec, block, natoms, energy, element_counts, split)
     if parallel_io is None:  # collective ADIOS2 writes need an mpi4py communicator (not torchrun's TorchComm)
         parallel_io = comm.size > 1 and bool(bindings.is_built_with_mpi) and type(comm).__module__.startswith("mpi4py")
