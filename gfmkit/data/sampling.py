@@ -100,6 +100,25 @@ class DatasetMixer:
         return out
 
 
+class GlobalBatches(Sequence):
+    """An epoch's global batches as one item sequence and batch boundaries: ``batches[k]`` is batch k's
+    item indices (a view), ``len(batches)`` their number; no list of millions of small arrays."""
+
+    def __init__(self, sequence: np.ndarray, bounds: np.ndarray):
+        self.sequence, self.bounds = sequence, bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"global batch {k} out of range ({len(self)} batches)")
+        k %= len(self)
+        return self.sequence[self.bounds[k] : self.bounds[k + 1]]
+
+
 class GlobalBatchSampler(torch.utils.data.Sampler):
     """Global batches from a :class:`DatasetMixer`, and this rank's slice of each.
 
@@ -133,38 +152,46 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         self.batch_size, self.max_atoms, self.max_edges = batch_size, max_atoms, max_edges
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch, self.start_batch = 0, 0
-        self._cache: tuple[int, list[np.ndarray]] | None = None
+        self._cache: tuple[int, GlobalBatches] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch (call before each epoch, as with DistributedSampler)."""
         if epoch != self.epoch:
             self.epoch, self.start_batch = epoch, 0
 
-    def global_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+    def global_batches(self, epoch: int | None = None) -> GlobalBatches:
         """All global batches (item indices) of an epoch."""
         epoch = self.epoch if epoch is None else epoch
         if self._cache is None or self._cache[0] != epoch:
             self._cache = (epoch, self._cut(self.mixer.sequence(epoch)))
         return self._cache[1]
 
-    def _cut(self, sequence: np.ndarray) -> list[np.ndarray]:
-        batches, current, atoms, edges = [], [], 0, 0
-        for item in sequence:
-            a = int(self.natoms[item])
-            e = int(self.edges[item]) if self.edges is not None else 0
-            full = (
-                (self.batch_size is not None and len(current) >= self.batch_size)
-                or (self.max_atoms is not None and atoms + a > self.max_atoms)
-                or (self.max_edges is not None and edges + e > self.max_edges)
-            )
-            if current and full:
-                batches.append(np.array(current, dtype=np.int64))
-                current, atoms, edges = [], 0, 0
-            current.append(int(item))
-            atoms, edges = atoms + a, edges + e
-        if current and not (self.drop_last and self.batch_size is not None and len(current) < self.batch_size):
-            batches.append(np.array(current, dtype=np.int64))
-        return batches
+    def _cut(self, sequence: np.ndarray) -> GlobalBatches:
+        """Cut the epoch's sequence into global batches: greedy, in order, by count and budgets. Only
+        the batch boundaries are computed (vectorised for a count alone, one binary search per batch with
+        budgets), so an epoch of 10^8 draws is cut in seconds."""
+        n = len(sequence)
+        if self.max_atoms is None and self.max_edges is None:
+            starts = np.arange(0, n, self.batch_size, dtype=np.int64)
+        else:
+            # where a batch that starts at each position would end, for all positions at once ...
+            position = np.arange(n, dtype=np.int64)
+            end = np.full(n, n, dtype=np.int64) if self.batch_size is None else np.minimum(position + self.batch_size, n)
+            for values, budget in ((self.natoms, self.max_atoms), (self.edges, self.max_edges)):
+                if budget is not None:
+                    cumulative = np.concatenate([[0], np.cumsum(values[sequence], dtype=np.int64)])
+                    end = np.minimum(end, np.searchsorted(cumulative, cumulative[:-1] + budget, side="right") - 1)
+            following = np.maximum(end, position + 1).tolist()  # an item over a budget is a batch of its own
+            # ... then the chain of batch starts from the first item (one step per batch)
+            starts_list, start = [], 0
+            while start < n:
+                starts_list.append(start)
+                start = following[start]
+            starts = np.array(starts_list, dtype=np.int64)
+        bounds = np.append(starts, n)
+        if self.drop_last and self.batch_size is not None and len(starts) and n - starts[-1] < self.batch_size:
+            bounds = bounds[:-1]
+        return GlobalBatches(np.asarray(sequence, dtype=np.int64), bounds)
 
     def rank_slice(self, batch: np.ndarray, rank: int | None = None) -> np.ndarray:
         """Rank ``rank``'s contiguous part of a global batch, balanced by atom count."""
