@@ -1,4 +1,4 @@
-"""Studies built on training and inference: scaling, precision and fine-tuning (screening lands later).
+"""Studies built on training and inference: scaling, precision, fine-tuning and head weighting (screening lands later).
 
 Each study, the hyperparameter search included, is declared once (marker file, run, table, figure, CLI
 command) as a :class:`~gfmkit.studies.registry.Study`; :func:`gfmkit.studies.registry.studies` lists them.
@@ -9,6 +9,12 @@ from gfmkit.studies.finetune import (
     finetune_table,
     run_finetune_study,
     transfer_gain,
+)
+from gfmkit.studies.multihead import (
+    compare_head_weighting,
+    disagreement_calibration,
+    head_weighting_records,
+    weighting_table,
 )
 from gfmkit.studies.precision import (
     PRECISIONS,
@@ -28,7 +34,10 @@ from gfmkit.studies.scaling import (
 __all__ = [
     "PRECISIONS",
     "STRATEGIES",
+    "compare_head_weighting",
+    "disagreement_calibration",
     "finetune_table",
+    "head_weighting_records",
     "loss_drift",
     "plan_scaling",
     "precision_errors",
@@ -40,4 +49,5 @@ __all__ = [
     "run_throughput",
     "scaling_table",
     "transfer_gain",
+    "weighting_table",
 ]
