@@ -106,6 +106,15 @@ class Store(RangedStore):
             out.update({name: self._read(name, first, last - first) for name in self.per_atom_fields})
         return out
 
+    def atom_block(self, name: str, start: int, stop: int) -> np.ndarray:
+        """The per-atom array ``name`` of structures ``[start, stop)`` of this range, concatenated (one
+        ADIOS2 selection, or a slice when preloaded): the fast path for statistics over many structures."""
+        first, last = self._atom_range(start, stop)
+        if self._per_atom:
+            base = self._atom_range(0, 0)[0]
+            return self._per_atom[name][first - base : last - base]
+        return self._read(name, first, last - first)
+
     def subset(self, start: int, stop: int, *, preload: bool | None = None) -> Store:
         """The contiguous sub-range ``[start, stop)`` of this range, as its own Store."""
         preload = self.preloaded if preload is None else preload
