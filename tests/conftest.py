@@ -170,3 +170,10 @@ def tiny_checkpoint(demo_dir, tmp_path_factory) -> Path:
     )
     run, _ = train(config, tmp_path_factory.mktemp("model") / "tiny")
     return run.checkpoints / "best.pt"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Notebooks, MPI launches and cluster engines are slow by definition: `make test-fast` skips them."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in ("notebook", "mpi", "cluster")) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
