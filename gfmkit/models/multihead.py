@@ -5,6 +5,9 @@ periodic structures, the stress (1/V dE/d strain, eV/Å^3, ASE's sign). Edge vec
 autograd from positions, cell and integer shifts, after a symmetric strain is applied to positions
 and cell, so forces and stress come from one ``autograd.grad`` call. The encoder runs once however
 many heads are read: ``energies=True`` also returns every head's energy (B, n_heads).
+:meth:`MultiHeadPaiNN.predict` (:mod:`gfmkit.models.predict`) adds per-head and composition-weighted
+forces and stress, head weights (a fitted gate, ``model.gate``, or training-free overlap weights) and
+the heads' disagreement, from the same pass (:meth:`MultiHeadPaiNN.head_pass`).
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ class MultiHeadPaiNN(nn.Module):
             out["energies"] = totals
 
         if forces and self.direct is not None:
-            direct = run_direct(self.direct, state.vectors)  # (N, 3, n_heads)
+            direct = run_direct(self.direct, state.vector_features)  # (N, 3, n_heads)
             out[keys.FORCES] = direct.gather(2, batch.dataset.index_select(0, state.graph_of_atom)[:, None, None].expand(-1, 3, 1)).squeeze(2)
         wrt = state.inputs()
         if wrt:
@@ -185,7 +188,7 @@ class HeadPass:
     graph_of_atom: torch.Tensor
     positions: torch.Tensor | None
     strain: torch.Tensor | None
-    vectors: torch.Tensor
+    vector_features: torch.Tensor
 
     def inputs(self) -> list[torch.Tensor]:
         """The autograd inputs of this pass, positions first: the ``inputs`` of ``autograd.grad``."""

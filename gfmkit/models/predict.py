@@ -84,7 +84,8 @@ def predict(
         raise ValueError("stress follows the forces: ask forces='each' (per-head stress) or 'weighted'")
     chosen = hw.choose_heads(model, heads)
     names = [model.heads[k].name for k in chosen]
-    target = hw.default_target(model) if target is None else target
+    if target is None:  # a model without energy heads has nothing to weight: no references
+        target = hw.default_target(model) if bool(model.readout.is_energy.any()) else {}
     target_references = hw.reference_vector(model, target)
     counts = hw.batch_counts(model, batch)
     n_graphs = counts.shape[0]
@@ -160,7 +161,7 @@ def _per_head(model, batch, state, totals, chosen, stress, method):
     forces = totals.new_full((k_heads, n_atoms, 3), float("nan"))
     stresses = totals.new_full((k_heads, totals.shape[0], 3, 3), float("nan")) if stress else None
     if model.direct is not None:
-        direct = run_direct(model.direct, state.vectors).detach()  # (N, 3, n_heads)
+        direct = run_direct(model.direct, state.vector_features).detach()  # (N, 3, n_heads)
         for c in energy_columns:
             forces[c] = direct[:, :, chosen[c]]
     inputs = state.inputs()
@@ -197,7 +198,7 @@ def _weighted(model, batch, state, totals, table, chosen, stress):
     w = table.to(totals.dtype)
     forces = out_stress = None
     if model.direct is not None:
-        direct = run_direct(model.direct, state.vectors).detach()[:, :, chosen]  # (N, 3, K)
+        direct = run_direct(model.direct, state.vector_features).detach()[:, :, chosen]  # (N, 3, K)
         forces = (direct * w.index_select(0, state.graph_of_atom)[:, None, :]).sum(-1)
     inputs = state.inputs()
     if inputs:
