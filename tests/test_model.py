@@ -24,8 +24,18 @@ def randomised(model: MultiHeadPaiNN) -> MultiHeadPaiNN:
 
 
 class TestPaiNN(ModelTests):
+    """The defaults: Gaussian basis, Xavier initialisation."""
+
     def make_model(self, dtype):
         return randomised(MultiHeadPaiNN(ModelConfig(hidden=16, layers=2, n_rbf=8, cutoff=CUTOFF, head_hidden=8), HEADS)).to(dtype)
+
+
+class TestPaiNNBessel(ModelTests):
+    """The sine (Bessel) basis with torch's initialisation: gfmkit's model before issue #15."""
+
+    def make_model(self, dtype):
+        config = ModelConfig(hidden=16, layers=2, n_rbf=8, cutoff=CUTOFF, head_hidden=8, radial_basis="bessel", init="torch")
+        return randomised(MultiHeadPaiNN(config, HEADS)).to(dtype)
 
 
 class TestPaiNNConditioned(ModelTests):

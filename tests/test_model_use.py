@@ -9,7 +9,7 @@ from ase import units
 from ase.build import bulk
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
-from ase.optimize import BFGS
+from ase.optimize import FIRE
 from training import emt_copper, fit, force_mae, graphs_of
 
 import gfmkit
@@ -89,7 +89,10 @@ def test_calculator_relaxes_a_structure(tiny_checkpoint):
     start = atoms.get_potential_energy()
     stress = atoms.get_stress()
     assert stress.shape == (6,) and np.isfinite(stress).all()
-    BFGS(atoms, logfile=None).run(fmax=0.02, steps=200)
+    # FIRE, not BFGS: BFGS (no line search, a fixed initial Hessian) stalled at fmax ~0.6 eV/Å on the
+    # non-convex surface of this briefly trained model once its initial weights changed (issue #15), while
+    # its forces matched finite differences and FIRE converged in < 100 steps for the old and new defaults
+    FIRE(atoms, logfile=None).run(fmax=0.02, steps=300)
     assert np.abs(atoms.get_forces()).max() < 0.02 and atoms.get_potential_energy() < start
     with pytest.raises(KeyError, match="no head 'nope'"):
         model.calculator(head="nope")

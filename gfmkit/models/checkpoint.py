@@ -17,11 +17,11 @@ import torch
 from gfmkit._version import __version__
 from gfmkit.config import load_config
 from gfmkit.files import atomic_path
-from gfmkit.models.config import HeadConfig, ModelConfig
+from gfmkit.models.config import LEGACY, HeadConfig, ModelConfig
 from gfmkit.models.multihead import MultiHeadPaiNN
 
 FORMAT = "gfmkit-checkpoint"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -97,4 +97,14 @@ def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {0: _migrate_0_to_1}
+def _migrate_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 records the radial basis and initialisation in the model config; a config without them
+    was built with the only ones gfmkit had then (``LEGACY``: the sine basis, torch's initialisation),
+    so the model loads and predicts exactly as before."""
+    data = dict(data)
+    data["config"] = {**LEGACY, **data["config"]}
+    data["schema_version"] = 2
+    return data
+
+
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2}

@@ -20,6 +20,12 @@ class ModelConfig:
     head_hidden: int = 64
     conditioning: bool = False  # per-structure charge and spin enter the initial scalar features
     direct_forces: bool = False  # forces from an equivariant linear readout of vector features (not conservative)
+    # radial basis of the filters: "gaussian" or "bessel" (sin(n pi d / rc) / d, PaiNN's original);
+    # see gfmkit.models.radial. A stored config without the key is a model from before the option: LEGACY.
+    radial_basis: Literal["gaussian", "bessel"] = "gaussian"
+    # initial weights of fresh models: "xavier" (Xavier-uniform weights, zero biases, in every linear
+    # layer of encoder and heads) or "torch" (torch's defaults, gfmkit's only choice before the option)
+    init: Literal["xavier", "torch"] = "xavier"
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "n_rbf", "max_z", "head_hidden"):
@@ -27,6 +33,11 @@ class ModelConfig:
                 raise ValueError(f"model {name} must be positive, got {getattr(self, name)}")
         if self.cutoff <= 0:
             raise ValueError(f"model cutoff must be positive, got {self.cutoff}")
+
+
+#: What a stored model config without these keys was built with (the behaviour before the options
+#: existed): checkpoints migrate to them, so an old model loads and predicts exactly as before.
+LEGACY = {"radial_basis": "bessel", "init": "torch"}
 
 
 @dataclass

@@ -42,6 +42,16 @@ class StackedHeads(nn.Module):
         self.register_buffer("is_energy", torch.tensor([h.kind == "energy" for h in heads]))
         self.register_buffer("is_mean", torch.tensor([h.pooling == "mean" for h in heads]))
 
+    @torch.no_grad()
+    def xavier_(self) -> None:
+        """Xavier-uniform weights of each head's two layers (the fans of one head: hidden -> head_hidden
+        -> 1), zero biases."""
+        for weight, fans in ((self.w1, self.w1.shape[0] + self.head_hidden), (self.w2, self.head_hidden + 1)):
+            bound = math.sqrt(6.0 / fans)
+            nn.init.uniform_(weight, -bound, bound)
+        self.b1.zero_()
+        self.b2.zero_()
+
     def per_atom(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """(N, n): every head's per-atom contribution, in ``s``'s dtype (references included)."""
         weight = self.w1

@@ -36,9 +36,15 @@ class MultiHeadPaiNN(nn.Module):
         names = [h.name for h in self.heads]
         if len(set(names)) != len(names):
             raise ValueError(f"head names must be unique, got {names}")
-        self.encoder = PaiNNEncoder(config.hidden, config.layers, config.n_rbf, config.cutoff, config.max_z, config.conditioning)
+        self.encoder = PaiNNEncoder(config.hidden, config.layers, config.n_rbf, config.cutoff, config.max_z, config.conditioning,
+                                    basis=config.radial_basis)
         self.readout = StackedHeads(self.heads, config.hidden, config.head_hidden, config.max_z)
         self.direct = nn.Linear(config.hidden, len(self.heads), bias=False) if config.direct_forces else None
+        if config.init == "xavier":  # after torch's defaults, so "torch" draws the same numbers as before
+            self.encoder.xavier_()
+            self.readout.xavier_()
+            if self.direct is not None:
+                nn.init.xavier_uniform_(self.direct.weight)
         self.load_head_statistics()
 
     @property

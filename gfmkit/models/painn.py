@@ -1,5 +1,5 @@
 """The PaiNN encoder (Schütt, Unke, Gastegger, ICML 2021): scalar and vector features, message and
-update blocks, a sine radial basis with a cosine cutoff.
+update blocks, a radial basis (Gaussian or sine/Bessel, gfmkit.models.radial) with a cosine cutoff.
 
 Implementation notes (measured on CPU, see benchmarks/README.md): the per-edge work is memory-bound,
 so the message block forms as few edge-sized tensors as it can. Filters come per layer and per term
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gfmkit.models.radial import SineBasis, cosine_cutoff
+from gfmkit.models.radial import cosine_cutoff, radial_basis
 from gfmkit.models.vector_message import vector_message
 
 
@@ -36,17 +36,26 @@ class PaiNNEncoder(nn.Module):
     """Scalar features ``s`` (N, F) and vector features ``v`` (N, 3, F) of every atom."""
 
     def __init__(self, hidden: int = 128, layers: int = 3, n_rbf: int = 20, cutoff: float = 5.0, max_z: int = 100,
-                 conditioning: bool = False):
+                 conditioning: bool = False, basis: str = "bessel"):
         super().__init__()
         self.hidden, self.layers, self.cutoff = hidden, layers, float(cutoff)
         self.embedding = nn.Embedding(max_z + 1, hidden)
-        self.basis = SineBasis(n_rbf, cutoff)
+        self.basis = radial_basis(basis, n_rbf, cutoff)
         self.filters = nn.Linear(n_rbf, layers * 3 * hidden)
         self.message = nn.ModuleList(mlp(hidden, hidden, 3 * hidden) for _ in range(layers))
         # U and V of the update block in one matmul: (F -> 2F), split afterwards
         self.update_uv = nn.ModuleList(nn.Linear(hidden, 2 * hidden, bias=False) for _ in range(layers))
         self.update = nn.ModuleList(mlp(2 * hidden, hidden, 3 * hidden) for _ in range(layers))
         self.condition = mlp(2, hidden, hidden) if conditioning else None
+
+    @torch.no_grad()
+    def xavier_(self) -> None:
+        """Xavier-uniform weights and zero biases in every linear layer (the embedding keeps its own)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    module.bias.zero_()
 
     def forward(
         self,
