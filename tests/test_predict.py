@@ -94,7 +94,7 @@ def test_forces_spread_is_zero_for_identical_heads():
 def test_overlap_weights_follow_composition():
     model = make_model()
     out = model.predict(batch_of(alloy_cell(0), a_molecule()))
-    emt, emt_b, third, modulus = range(4)
+    emt, emt_b, _third, modulus = range(4)
     # emt trained on Cu/Au, emt_b on C/H/O; third has no composition: its reference elements (all five)
     assert out.weights[0, emt_b] == 0 and out.weights[1, emt] == 0
     assert float(out.weights[0, emt]) == pytest.approx(0.5) and float(out.weights[1, emt_b]) == pytest.approx(0.5)

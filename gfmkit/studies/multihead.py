@@ -142,7 +142,7 @@ def summary_table(table: pd.DataFrame, metric: str = keys.ENERGY_MAE) -> pd.Data
 
 def capture_share(spread: np.ndarray, error: np.ndarray, fraction: float) -> float:
     """Share of the ``fraction`` largest errors that are among the ``fraction`` largest spreads."""
-    n = max(1, int(round(fraction * len(error))))
+    n = max(1, round(fraction * len(error)))
     flagged = set(np.argsort(-spread, kind="stable")[:n].tolist())
     worst = np.argsort(-error, kind="stable")[:n]
     return float(np.mean([i in flagged for i in worst]))
