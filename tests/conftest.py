@@ -177,3 +177,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.get_closest_marker(name) for name in ("notebook", "mpi", "cluster")) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+
+
+def run_cli(*args: str):
+    """``gfmkit ARGS...`` in this process: (returncode, stdout, stderr), as subprocess.run gives them."""
+    import contextlib
+    import io
+    import types
+
+    from gfmkit.cli import main
+    from gfmkit.progress import set_progress
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse errors
+            code = exc.code if isinstance(exc.code, int) else 2
+        finally:
+            set_progress(None)
+            from gfmkit.log import set_verbosity
+
+            set_verbosity("WARNING")  # drop the handler that points at this call's captured stderr
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from gfmkit.viz.figures import classify, regenerate
 
@@ -57,17 +56,15 @@ def test_a_directory_that_cannot_be_drawn_is_reported_not_fatal(paper, tmp_path)
 
 
 def test_cli(paper, tmp_path):
-    exe = str(Path(sys.executable).parent / "gfmkit")
-    ok = subprocess.run([exe, "figures", str(paper), "--out", str(tmp_path / "f"), "--formats", "pdf"],
-                        capture_output=True, text=True, timeout=180, check=False)
+    ok = run_cli("figures", str(paper), "--out", str(tmp_path / "f"), "--formats", "pdf")
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == [
         "paper-tiny-eval-error_matrix.pdf", "paper-tiny-eval-parity.pdf", "paper-tiny-eval-per_element.pdf",
         "paper-tiny-history.pdf"]
     (tmp_path / "empty").mkdir()
-    empty = subprocess.run([exe, "figures", str(tmp_path / "empty")], capture_output=True, text=True, timeout=120, check=False)
+    empty = run_cli("figures", str(tmp_path / "empty"))
     assert empty.returncode == 1 and "nothing to draw" in empty.stderr
-    missing = subprocess.run([exe, "figures", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120, check=False)
+    missing = run_cli("figures", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "no such directory" in missing.stderr
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import run_cli, tiny_config
 
 from gfmkit.data import Store
 from gfmkit.data.graphs import GraphDataset
@@ -185,17 +185,12 @@ def test_study_tables_come_back_from_run_directories_and_are_not_redone(study, p
 
 
 def test_cli_reads_a_finished_fine_tuning_study(study):
-    import subprocess
-    import sys
 
     out, _ = study
-    exe = Path(sys.executable).parent / "gfmkit"
-    result = subprocess.run([str(exe), "finetune", "--table", "--out", str(out)], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = run_cli("finetune", "--table", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert (out / "finetune.csv").is_file() and (out / "finetune.png").stat().st_size > 10_000
-    bad = subprocess.run([str(exe), "finetune", "x.pt", "c.yaml", "--heads", "alloys_al"], capture_output=True,
-                         text=True, timeout=120, check=False)
+    bad = run_cli("finetune", "x.pt", "c.yaml", "--heads", "alloys_al")
     assert bad.returncode == 1 and "DATASET=HEAD" in bad.stderr
 
 
@@ -219,11 +214,8 @@ def test_study_cells_are_configured_as_their_strategy_says(tmp_path):
     assert len(split_selection(np.zeros(50, dtype=int), tiny)) == 1
     assert run_name("full", 1.0) == "full-1" and run_name("full", 0.1234561) != run_name("full", 0.1234564)
     (tmp_path / "finetune.json").write_text(json.dumps({"strategies": ["scratch"], "fractions": [1.0]}))
-    import subprocess
-    import sys
 
-    empty = subprocess.run([str(Path(sys.executable).parent / "gfmkit"), "finetune", "--table", "--out", str(tmp_path)],
-                           capture_output=True, text=True, timeout=120, check=False)
+    empty = run_cli("finetune", "--table", "--out", str(tmp_path))
     assert empty.returncode == 1 and "no evaluated runs" in empty.stderr
 
 

@@ -8,6 +8,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
+from conftest import run_cli
 from scipy.stats import binom
 from structures import emt_structures
 
@@ -255,9 +256,6 @@ def test_two_ranks_see_the_same_multiset_per_step_as_one(run_mpi, demo_dir):
 
 
 def test_sampling_plan_and_cli(demo_dir, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from gfmkit.data.sampling import sampling_plan
 
@@ -265,9 +263,7 @@ def test_sampling_plan_and_cli(demo_dir, tmp_path):
     assert plan["probability"].tolist() == pytest.approx([30 / 40, 10 / 40])
     assert plan["passes"].tolist() == pytest.approx([750 / 900, 250 / 100])
     assert sampling_plan({"big": 900, "small": 100}, "uniform")["draws_per_epoch"].tolist() == [500, 500]
-    exe = Path(sys.executable).parent / "gfmkit"
-    out = subprocess.run([str(exe), "data", "sampling", str(demo_dir), "--figure", str(tmp_path / "s.png")],
-                         capture_output=True, text=True, timeout=120)
+    out = run_cli("data", "sampling", str(demo_dir), "--figure", str(tmp_path / "s.png"))
     assert out.returncode == 0, out.stderr
     assert "temperature T=2" in out.stdout and "clusters" in out.stdout
     assert (tmp_path / "s.png").exists()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import run_cli
 
 from gfmkit.hpo import (
     best_config,
@@ -124,11 +123,10 @@ def test_cli_and_paper_figure(search, tmp_path):
     from gfmkit.viz.figures import regenerate
 
     out, _ = search
-    exe = str(Path(sys.executable).parent / "gfmkit")
-    result = subprocess.run([exe, "hpo", "--table", "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    result = run_cli("hpo", "--table", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert (out / "hpo.png").is_file() and yaml.safe_load((out / "best_config.yaml").read_text())["max_steps"] == 6
     table = regenerate(out, tmp_path, formats=("png",), progress=False)
     assert list(zip(table["kind"], table["figure"], table["error"])) == [("hyperparameter search", "hpo", None)]
-    missing = subprocess.run([exe, "hpo", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120, check=False)
+    missing = run_cli("hpo", "--out", str(tmp_path / "x"))
     assert missing.returncode == 1 and "CONFIG.yaml and SPACE.yaml" in missing.stderr

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from hydragnn_layout import emt_samples, write_hydragnn_bp
 
-from conftest import tiny_config
 from gfmkit.cli import main
 from gfmkit.data import Store
 from gfmkit.data.readers import JoinedStore, open_store

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import ase.io
 import pytest
+from conftest import run_cli
 from structures import emt_structures
 
 from gfmkit.data import DatasetSpec, structure_from_atoms, write_store
@@ -56,8 +54,8 @@ def test_duplicate_dataset_names_are_refused(three_stores):
         open_stores([paths["alpha"], paths["alpha"]])
 
 
-def gfmkit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "gfmkit"), *args], capture_output=True, text=True, timeout=120)
+def gfmkit(*args: str):
+    return run_cli(*args)
 
 
 def test_cli_info_and_figure(three_stores, tmp_path):

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import run_cli, tiny_config
 
 from gfmkit.studies import (
     PRECISIONS,
@@ -119,15 +117,12 @@ def test_only_a_run_that_ran_to_its_end_counts_as_finished(tmp_path):
 
 def test_cli_reads_a_finished_study(study, tmp_path):
     out, table = study
-    exe = Path(sys.executable).parent / "gfmkit"
-    result = subprocess.run([str(exe), "precision", "--table", "--out", str(out)], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = run_cli("precision", "--table", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "bf16-pure" in result.stdout
     pd.testing.assert_frame_equal(pd.read_csv(out / "precision.csv"), table, check_dtype=False)
     assert (out / "precision.png").stat().st_size > 10_000
-    missing = subprocess.run([str(exe), "precision", "--table", "--out", str(tmp_path)], capture_output=True,
-                             text=True, timeout=120, check=False)
+    missing = run_cli("precision", "--table", "--out", str(tmp_path))
     assert missing.returncode == 1 and "not a study directory" in missing.stderr
 
 
