@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table
+from gfmkit.cli.common import CLIError, positive_int, print_table
 from gfmkit.config import ConfigError
 
 
@@ -36,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
         "COMMAND. Give COMMAND after '--'; its words reach the program verbatim.",
     )
     script.add_argument("--profile", required=True, help="profile name or YAML path")
-    script.add_argument("--nodes", type=int, default=1)
-    script.add_argument("--ranks-per-node", type=int, help="default: the profile's")
+    script.add_argument("--nodes", type=positive_int, default=1)
+    script.add_argument("--ranks-per-node", type=positive_int, help="default: the profile's")
     script.add_argument("--account", help="project to charge (default: the profile's)")
     script.add_argument("--queue", help="partition, QOS or queue (default: the profile's)")
     script.add_argument("--walltime", help="HH:MM:SS or minutes (default: the profile's)")

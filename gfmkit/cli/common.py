@@ -58,6 +58,22 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
                             help="no progress bars or lines (also GFMKIT_PROGRESS=0 or TQDM_DISABLE=1)")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse turns the ValueError into a usage error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def comma_list(text: str) -> list[str]:
     """An argparse type: ``a,b, c`` -> ``["a", "b", "c"]`` (empty items dropped)."""
     return [item.strip() for item in text.split(",") if item.strip()]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gfmkit.cli.common import (
     CLIError,
+    non_negative_int,
     print_json,
     print_table,
     rank,
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo = data.add_parser("demo", help="build the built-in demo datasets (ASE EMT/Morse labels, no downloads)")
     demo.add_argument("--out", required=True, type=Path, help="directory for the <dataset>.bp stores")
     demo.add_argument("--scale", type=float, default=1.0, help="multiply every dataset's size (default 1)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--datasets", nargs="+", help="only these demo datasets")
     demo.add_argument("--overwrite", action="store_true", help="replace demo stores that exist in --out")
     demo.set_defaults(func=run_demo)
@@ -57,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("--stress-unit", help="e.g. GPa, kbar, eV/Angstrom^3")
     convert.add_argument("--on-error", choices=["fail", "skip"], help="fail (default) or skip bad structures and report them")
     convert.add_argument("--min-distance", type=float, help="closest allowed interatomic distance, Å (default 0.1)")
-    convert.add_argument("--seed", type=int, help="split seed (default 0)")
+    convert.add_argument("--seed", type=non_negative_int, help="split seed (default 0)")
     convert.add_argument("--report", type=Path, help="write skipped structures and reasons to this CSV")
     convert.add_argument("--engine", default="BP5", choices=["BP4", "BP5"])
     convert.add_argument("--overwrite", action="store_true",

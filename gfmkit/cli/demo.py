@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import print_table, rank
+from gfmkit.cli.common import non_negative_int, positive_int, print_table, rank
 from gfmkit.comm import world
 
 
@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
     parser.add_argument("--scale", type=float, default=1.0, help="demo dataset size multiplier")
-    parser.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=positive_int, default=400, help="training steps (default 400)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--rebuild", action="store_true",
                         help="rebuild the data and retrain from scratch (replacing only what an earlier demo wrote)")
     parser.set_defaults(func=run)

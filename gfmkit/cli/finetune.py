@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, rank, save_results
+from gfmkit.cli.common import CLIError, positive_int, print_table, rank, save_results
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", default="", metavar="DATASET=HEAD,...",
                    help="pretrained head that starts each downstream dataset's head (default: same name, else fresh)")
     p.add_argument("--split", default="test", help="split the runs are evaluated on (default test)")
-    p.add_argument("--max-structures", type=int, help="evaluate at most this many structures per dataset")
+    p.add_argument("--max-structures", type=positive_int, help="evaluate at most this many structures per dataset")
     p.add_argument("--table", action="store_true", help="only read the finished runs in --out")
     p.set_defaults(func=run)
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import yaml
 
-from gfmkit.cli.common import CLIError, print_table, save_results
+from gfmkit.cli.common import (
+    CLIError,
+    non_negative_int,
+    positive_int,
+    print_table,
+    save_results,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,11 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", type=Path, nargs="?", metavar="CONFIG.yaml")
     p.add_argument("space", type=Path, nargs="?", metavar="SPACE.yaml")
     p.add_argument("--out", type=Path, default=Path("runs/hpo"), help="search directory (default runs/hpo)")
-    p.add_argument("--max-evals", type=int, default=10, help="trials in the search directory when done (default 10)")
+    p.add_argument("--max-evals", type=positive_int, default=10, help="trials in the search directory when done (default 10)")
     p.add_argument("--method", choices=["thread", "process"], default="thread", help="DeepHyper evaluator")
-    p.add_argument("--workers", type=int, default=1, help="trials at a time (default 1)")
-    p.add_argument("--initial-points", type=int, help="random trials before the surrogate model steers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=positive_int, default=1, help="trials at a time (default 1)")
+    p.add_argument("--initial-points", type=positive_int, help="random trials before the surrogate model steers")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--table", action="store_true", help="only read the search in --out")
     p.set_defaults(func=run)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, rank, save_results
+from gfmkit.cli.common import (
+    CLIError,
+    non_negative_int,
+    positive_int,
+    print_table,
+    rank,
+    save_results,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/precision"), help="study directory (default runs/precision)")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma-separated, from {','.join(PRECISIONS)}")
     p.add_argument("--split", default="test", help="split the models are evaluated on (default test)")
-    p.add_argument("--max-structures", type=int, help="evaluate at most this many structures per dataset")
-    p.add_argument("--warmup", type=int, default=5, help="first steps left out of the throughput")
+    p.add_argument("--max-structures", type=positive_int, help="evaluate at most this many structures per dataset")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="first steps left out of the throughput")
     p.add_argument("--table", action="store_true", help="only read the finished runs in --out")
     p.set_defaults(func=run)
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, print_table, save_results
+from gfmkit.cli.common import (
+    CLIError,
+    non_negative_int,
+    positive_int,
+    print_table,
+    save_results,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["strong", "weak"], default="strong")
     p.add_argument("--profile", default="local")
     p.add_argument("--out", type=Path, help="study directory (default runs/scaling-<mode>)")
-    p.add_argument("--threads", type=int, default=1, help="OpenMP threads per rank (local)")
-    p.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
+    p.add_argument("--threads", type=positive_int, default=1, help="OpenMP threads per rank (local)")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="first steps left out of the timing")
     p.add_argument("--account")
     p.add_argument("--queue")
     p.add_argument("--walltime")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gfmkit.cli.common import print_table, rank
+from gfmkit.cli.common import positive_int, print_table, rank
 from gfmkit.keys import ERROR_COLUMNS
 
 
@@ -44,10 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", nargs="+", required=True, type=Path, metavar="STORE", help="stores or directories of stores")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     evaluate.add_argument("--out", type=Path, help="directory for tables and figures (default: next to the checkpoint)")
-    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--batch-size", type=positive_int, default=16)
     evaluate.add_argument("--precision", default="fp64", choices=["fp64", "fp32", "bf16-autocast", "bf16-pure"])
     evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--max-structures", type=int, help="at most this many structures per dataset")
+    evaluate.add_argument("--max-structures", type=positive_int, help="at most this many structures per dataset")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's files in --out")
     evaluate.set_defaults(func=run_evaluate)
 
