@@ -499,17 +499,18 @@ class Trainer:
                     record[f"val/{head}/{name}"] = float(errors[h, t] / error_counts[h, t])
         record.update(_term_table(sums, counts, "val/", self.config.loss, self.model.head_names))
         self.last_validated_step = self.step
-        improved = loss < self.best_loss * (1 - self.config.schedule.threshold) if math.isfinite(self.best_loss) else math.isfinite(loss)
+        improved = _improves(loss, self.best_loss, self.config.schedule.threshold)
         if improved:
             self.best_loss, self.bad_validations = loss, 0
         else:
             self.bad_validations += 1
-        record["best"] = bool(improved)
+        keep = improved if self.config.best_checkpoint == "val_loss" else math.isfinite(loss)
+        record["best"] = bool(keep)
         if self.schedule.on_validation(loss):
             record["lr_reduced_to"] = self.schedule.lr(self.step)
         self.last_validation = {k: v for k, v in record.items() if isinstance(v, float)}
         self._emit(record)
-        if improved:
+        if keep:
             self._save(self.run.checkpoints / BEST, training_state=False)
         patience = self.config.early_stopping_patience
         if patience is not None and self.bad_validations >= patience and self.stop_reason is None:
@@ -642,6 +643,23 @@ class Trainer:
             log.info("%s step %d: loss %.5g", record["phase"], record["step"], record.get("loss", float("nan")))
         if self.callback is not None:
             self.callback(record)
+
+
+def _improves(loss: float, best: float, threshold: float) -> bool:
+    """Whether a validation loss beats the best so far by the relative ``threshold`` (any finite loss
+    beats none)."""
+    return loss < best * (1 - threshold) if math.isfinite(best) else math.isfinite(loss)
+
+
+def best_checkpoint_steps(losses: list[float], rule: str, threshold: float = 1e-3) -> list[bool]:
+    """For a run's validation losses in order: whether ``best.pt`` is written at each validation under
+    ``TrainConfig.best_checkpoint`` = ``rule`` (the trainer's own decision, for studies of the rules)."""
+    kept, best = [], math.inf
+    for loss in losses:
+        improved = _improves(loss, best, threshold)
+        best = loss if improved else best
+        kept.append(improved if rule == "val_loss" else math.isfinite(loss))
+    return kept
 
 
 def _check_dataset_names(section: str, given: Mapping[str, float], names: list[str]) -> None:
