@@ -10,9 +10,8 @@ from ase.build import bulk
 from ase.optimize import BFGS
 from model_checks import graph
 
-from gfmkit.data.graphs import collate
-
 from gfmkit import load_model
+from gfmkit.data.graphs import collate
 from gfmkit.models import HeadGate, fit_head_gate, save_checkpoint
 from gfmkit.models.checkpoint import checkpoint_dict
 

@@ -38,7 +38,11 @@ def test_head_weighting_study_tables_and_calibration(tiny_checkpoint, demo_store
 
     from gfmkit import load_model
     from gfmkit.models import fit_head_gate
-    from gfmkit.studies.multihead import capture_share, compare_head_weighting, summary_table
+    from gfmkit.studies.multihead import (
+        capture_share,
+        compare_head_weighting,
+        summary_table,
+    )
 
     model = load_model(tiny_checkpoint).double()
     fit_head_gate(model, demo_stores, steps=50, max_structures=10)

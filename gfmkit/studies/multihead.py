@@ -64,6 +64,7 @@ def head_weighting_records(
     stores: Any,
     *,
     split: str | None = "test",
+    unseen_split: str | None = None,
     heads: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
     batch_size: int = 16,
@@ -72,16 +73,21 @@ def head_weighting_records(
     """One row per (structure, method) of the energy datasets of ``stores`` (a MultiStore): dataset,
     role (in-distribution when ``heads`` holds a head of its name, else unseen), method, structure,
     natoms, energy and force errors, and the heads' spreads. ``heads``: the energy heads to weight
-    (default all of the model's); ``datasets``: which to score (default all with energy labels)."""
+    (default all of the model's); ``datasets``: which to score (default all with energy labels).
+    ``split`` selects the in-distribution structures; unseen datasets (no head trained on any of their
+    structures) are read from ``unseen_split`` (default None: all of them are held out)."""
     heads = list(heads or [h.name for h in model.heads if h.kind == "energy"])
     chosen = hw.choose_heads(model, heads)
     methods = (["gate"] if model.gate is not None else []) + ["overlap", "uniform"]
     rows: list[dict[str, Any]] = []
     counter: dict[str, int] = {}
     model.eval()
-    for name, _, batch in store_batches(model, stores, split=split, batch_size=batch_size, max_structures=max_structures):
-        if (datasets is not None and name not in datasets) or keys.ENERGY not in stores.store(name).targets:
-            continue
+    scored = [n for n in stores.registry.names if keys.ENERGY in stores.store(n).targets and (datasets is None or n in datasets)]
+    passes = [store_batches(model, stores, split=part_split, batch_size=batch_size, max_structures=max_structures,
+                            datasets=[n for n in scored if (n in heads) == (part == IN_DISTRIBUTION)])
+              for part, part_split in ((IN_DISTRIBUTION, split), (UNSEEN, unseen_split))]
+    for name, _, batch in (item for batches in passes for item in batches):
+        role = IN_DISTRIBUTION if name in heads else UNSEEN
         out = model.predict(batch, heads=heads, forces="each", weights="uniform")
         counts = hw.batch_counts(model, batch)
         fractions = hw.element_fractions(counts)
@@ -106,7 +112,7 @@ def head_weighting_records(
             f_sum = torch.zeros_like(natoms).index_add(0, graph, f_abs)
             f_err = torch.where(batch.forces_mask, f_sum / natoms, torch.full_like(natoms, float("nan")))
             for b in range(len(natoms)):
-                rows.append({"dataset": name, "role": IN_DISTRIBUTION if name in heads else UNSEEN, "method": method,
+                rows.append({"dataset": name, "role": role, "method": method,
                              "structure": start + b, "natoms": int(natoms[b]),
                              ENERGY_ERROR: float(e_err[b]) if bool(batch.energy_mask[b]) else np.nan,
                              FORCES_ERROR: float(f_err[b]), ENERGY_SPREAD: float(out.energy_spread[b]),
@@ -149,9 +155,10 @@ def capture_share(spread: np.ndarray, error: np.ndarray, fraction: float) -> flo
 
 
 def disagreement_calibration(records: pd.DataFrame, *, method: str | None = None, bins: int = 5,
-                             top: Sequence[float] = TOP_FRACTIONS) -> tuple[pd.DataFrame, pd.DataFrame]:
+                             top: Sequence[float] = TOP_FRACTIONS, by: str = "role") -> tuple[pd.DataFrame, pd.DataFrame]:
     """How well the heads' spread ranks ``method``'s errors (default: ``gate`` when recorded, else
-    ``overlap``), in-distribution and unseen structures apart. Returns the summary (per role and
+    ``overlap``), in-distribution and unseen structures apart (``by="dataset"``: each dataset apart; the
+    column keeps the name ``role``). Returns the summary (per role and
     quantity: structures, Spearman rank correlation, share of the top-x% errors caught by flagging the
     top-x% spreads, with the chance level x) and the reliability curve (per role, quantity and spread
     quantile bin: mean spread and root-mean-square error)."""
@@ -159,7 +166,7 @@ def disagreement_calibration(records: pd.DataFrame, *, method: str | None = None
     method = method or ("gate" if "gate" in methods else "overlap")
     mine = records[records["method"] == method]
     summary, curve = [], []
-    for role, part in mine.groupby("role", sort=False):
+    for role, part in mine.groupby(by, sort=False):
         for quantity, spread_col, error_col, unit in (("energy", ENERGY_SPREAD, ENERGY_ERROR, "eV/atom"),
                                                       ("forces", FORCES_SPREAD, FORCES_ERROR, "eV/Å")):
             valid = part[[spread_col, error_col]].dropna()
@@ -180,12 +187,12 @@ def disagreement_calibration(records: pd.DataFrame, *, method: str | None = None
     return pd.DataFrame(summary), pd.DataFrame(curve)
 
 
-def compare_head_weighting(model: Any, stores: Any, *, split: str | None = "test", heads: Sequence[str] | None = None,
-                           datasets: Sequence[str] | None = None, batch_size: int = 16,
-                           max_structures: int | None = None, figures: bool = True) -> HeadWeightingStudy:
+def compare_head_weighting(model: Any, stores: Any, *, split: str | None = "test", unseen_split: str | None = None,
+                           heads: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
+                           batch_size: int = 16, max_structures: int | None = None, figures: bool = True) -> HeadWeightingStudy:
     """:func:`head_weighting_records`, :func:`weighting_table` and :func:`disagreement_calibration` in one
     call, with figures (:func:`gfmkit.viz.multihead.plot_weighting`, ``plot_calibration``)."""
-    records = head_weighting_records(model, stores, split=split, heads=heads, datasets=datasets,
+    records = head_weighting_records(model, stores, split=split, unseen_split=unseen_split, heads=heads, datasets=datasets,
                                      batch_size=batch_size, max_structures=max_structures)
     table = weighting_table(records)
     calibration, reliability = disagreement_calibration(records)
