@@ -10,6 +10,7 @@ import pandas as pd
 
 from gfmkit import keys
 from gfmkit.viz.evaluation import error_label
+from gfmkit.viz.ticks import label_log_axis
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,6 +36,7 @@ def plot_weighting(table: pd.DataFrame) -> Figure:
             ax.bar(np.arange(len(order)) + (k - (len(methods) - 1) / 2) * width, values, width, label=method)
         ax.set_xticks(range(len(order)), [f"{d}\n({r})" for r, d in order], rotation=45, ha="right", fontsize=8)
         ax.set_yscale("log")
+        label_log_axis(ax.yaxis)
         ax.set_ylabel(error_label(metric))
         ax.set_xlabel("dataset (role)")
     axes[0].legend(fontsize=8)
@@ -69,5 +71,8 @@ def plot_calibration(records: pd.DataFrame, reliability: pd.DataFrame, method: s
             ax.legend(fontsize=8)
         lo, hi = bottom.get_xlim()
         bottom.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        for ax in (top, bottom):
+            label_log_axis(ax.xaxis)
+            label_log_axis(ax.yaxis)
     fig.tight_layout()
     return fig
