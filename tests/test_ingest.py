@@ -213,3 +213,22 @@ def test_dataset_spec_rejects_bad_declarations():
         DatasetSpec(name="a b", level_of_theory="y")
     with pytest.raises(ValueError, match="summing to 1"):
         DatasetSpec(name="x", level_of_theory="y", split_fractions=(0.5, 0.1, 0.1))
+
+
+def test_streamed_conversion_equals_one_block(tmp_path):
+    """Chunks spilled to disk and merged give the same store as one chunk holding everything."""
+    from gfmkit.data import Store
+
+    path = tmp_path / "many.extxyz"
+    ase.io.write(path, emt_structures(11, stress=False))
+    spec = DatasetSpec(name="m", level_of_theory="EMT")
+    whole = convert(path, tmp_path / "whole.bp", spec, progress=False, chunk=100)
+    chunked = convert(path, tmp_path / "chunked.bp", spec, progress=False, chunk=3)
+    assert whole.kept == chunked.kept == 11
+    a, b = Store(tmp_path / "whole.bp"), Store(tmp_path / "chunked.bp")
+    assert a.info() | {"path": ""} == b.info() | {"path": ""}
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.positions, y.positions)
+        np.testing.assert_array_equal(x.forces, y.forces)
+        assert (x.energy, x.source_index, x.split) == (y.energy, y.source_index, y.split)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked.bp", "many.extxyz", "whole.bp"]

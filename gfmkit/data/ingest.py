@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from gfmkit.comm import SerialComm
 from gfmkit.data.labels import Problem, StructureError, structure_from_atoms
 from gfmkit.data.sources import SourceLike, assign_units, units_of
 from gfmkit.data.spec import DatasetSpec
-from gfmkit.data.store_write import write_store
+from gfmkit.data.spill import Spill
+from gfmkit.data.store_format import Block
+from gfmkit.data.store_write import temporary_directory, write_spilled, write_store
 from gfmkit.data.structure import Structure
 from gfmkit.data.validate import validate
 from gfmkit.outputs import agree, check_store_output
@@ -33,6 +36,7 @@ class IngestReport:
     kept: int = 0
     skipped: list[Problem] = field(default_factory=list)
     path: Path | None = None
+    source_offset: int = 0  # this rank's first input position (its share starts there)
 
     def table(self) -> pd.DataFrame:
         """One row per problem of a skipped structure: source, index, field, message."""
@@ -50,19 +54,24 @@ def read_structures(
     comm: Any = None,
     format: str | None = None,
     progress: bool = False,
+    sink: Callable[[list[Structure]], None] | None = None,
+    chunk: int = 10_000,
 ) -> tuple[list[Structure], IngestReport]:
     """Read, label and validate this rank's share of ``sources`` under ``spec``.
 
     Returns this rank's structures (in input order) and a report that is the same on every rank. With
     ``spec.validation.policy == "fail"`` any problem on any rank raises :class:`StructureError` on every
     rank, listing the problems; with ``"skip"`` bad structures are dropped and listed in the report.
+    With ``sink``, every ``chunk`` kept structures go to ``sink`` as they are read (their
+    ``source_index`` counted from this rank's first input; ``report.source_offset`` is that input's
+    position) and nothing is returned: memory holds one chunk.
     """
     comm = comm or SerialComm()
     local_units = assign_units(units_of(sources, format=format), comm.size)[comm.rank]
     kept: list[Structure] = []
     positions: list[int] = []  # position of each kept structure in this rank's stream of inputs
     problems: list[Problem] = []
-    read = 0
+    read = total_kept = 0
     bar = progress_bar(desc=f"read {spec.name}", unit=" structures", disable=not progress or comm.rank != 0)
     for unit in local_units:
         index = unit.start - 1
@@ -78,19 +87,35 @@ def read_structures(
                 if not found:
                     kept.append(structure)
                     positions.append(position)
+                    if sink is not None and len(kept) >= chunk:
+                        total_kept += _flush(kept, positions, sink)
         except Exception as exc:  # an unreadable file must not leave other ranks waiting
             problems.append(unreadable(unit.label, index + 1, exc))
     bar.close()
+    if sink is not None:
+        total_kept += _flush(kept, positions, sink)
     # Every rank learns every problem, so all raise (or all report) together and none hangs.
     all_problems = [p for rank_problems in comm.allgather(problems) for p in rank_problems]
-    counts = comm.allgather((read, len(kept)))
+    counts = comm.allgather((read, total_kept + len(kept)))
     offset = sum(r for r, _ in counts[: comm.rank])
     for structure, position in zip(kept, positions):  # position in the whole input, whatever the rank count
         structure.source_index = offset + position
     report = IngestReport(spec.name, sum(r for r, _ in counts), sum(k for _, k in counts), all_problems)
+    report.source_offset = offset
     if all_problems and spec.validation.policy == "fail":
         raise StructureError(all_problems)
     return kept, report
+
+
+def _flush(kept: list[Structure], positions: list[int], sink: Callable[[list[Structure]], None]) -> int:
+    """Hand the kept structures (source index = position on this rank) to ``sink``; empty both lists."""
+    for structure, position in zip(kept, positions):
+        structure.source_index = position
+    sink(list(kept))
+    count = len(kept)
+    kept.clear()
+    positions.clear()
+    return count
 
 
 def unreadable(source: str, index: int, exc: Exception) -> Problem:
@@ -119,8 +144,11 @@ def convert(
     progress: bool = True,
     engine: str = "BP5",
     overwrite: bool = False,
+    chunk: int = 10_000,
 ) -> IngestReport:
-    """Read, validate and write ``sources`` as the store ``out`` for dataset ``spec``.
+    """Read, validate and write ``sources`` as the store ``out`` for dataset ``spec``, streaming: every
+    ``chunk`` validated structures are spilled to disk beside ``out`` and the store is written from the
+    chunks at the end, so memory holds one chunk whatever the input's size.
 
     Under MPI every rank calls this with the same arguments; each reads its contiguous share of the
     input and the store equals the one a single process writes. Nothing is written when validation
@@ -128,9 +156,19 @@ def convert(
     replaced only with ``overwrite=True``, and a path that is not a gfmkit store never
     (:func:`gfmkit.outputs.check_store_output`).
     """
+    comm = comm or SerialComm()
+    out = Path(out)
     agree(comm, lambda: check_store_output(out, overwrite=overwrite))
-    structures, report = read_structures(sources, spec, comm=comm, format=format, progress=progress)
-    report.path = write_store(structures, out, spec, comm=comm, engine=engine, overwrite=overwrite)
+    work = agree(comm, lambda: temporary_directory(out))
+    try:
+        spill = Spill(work / "spill", comm.rank)
+        _, report = read_structures(sources, spec, comm=comm, format=format, progress=progress,
+                                    sink=lambda chunk: spill.add(Block.from_structures(chunk, spec)), chunk=chunk)
+    except BaseException:
+        if comm.rank == 0:
+            shutil.rmtree(work, ignore_errors=True)  # the spilled chunks: nothing of a failed conversion stays
+        raise
+    report.path = write_spilled(spill.chunks, report.source_offset, out, spec, work, comm=comm, engine=engine)
     return report
 
 

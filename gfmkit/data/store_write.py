@@ -94,7 +94,7 @@ def write_store(
     if parallel_io and not bindings.is_built_with_mpi:
         raise RuntimeError("parallel_io=True needs ADIOS2 built with MPI; this adios2 has no MPI support")
 
-    tmp_dir = agree(comm, lambda: _temporary_directory(path))
+    tmp_dir = agree(comm, lambda: temporary_directory(path))
     tmp = tmp_dir / path.name
     try:
         if comm.size == 1 or not parallel_io:
@@ -119,7 +119,7 @@ def write_store(
     return path
 
 
-def _temporary_directory(path: Path) -> Path:
+def temporary_directory(path: Path) -> Path:
     """Rank 0's fresh temporary beside ``path`` (the leftovers of killed writes to it removed first)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,3 +257,92 @@ def _row_bytes(values: np.ndarray) -> int:
 def _chunks(rows: int, row_bytes: int, chunk_bytes: int) -> list[tuple[int, int]]:
     step = max(1, chunk_bytes // row_bytes)
     return [(lo, min(rows, lo + step)) for lo in range(0, rows, step)]
+
+
+def write_spilled(
+    chunks: list[Path],
+    source_offset: int,
+    path: str | os.PathLike,
+    spec: DatasetSpec,
+    work: Path,
+    *,
+    comm: Any = None,
+    engine: str = "BP5",
+) -> Path:
+    """Write the store ``path`` from every rank's spilled chunks (:mod:`gfmkit.data.spill`), in rank
+    then chunk order, streaming one chunk at a time; ``source_offset`` is this rank's first input
+    position (added to its chunks' local source indices). ``work`` is the conversion's temporary folder
+    beside ``path`` (rank 0 removes it). Every rank returns the path, or raises rank 0's error."""
+    comm = comm or SerialComm()
+    path = Path(path)
+    gathered = comm.gather((chunks, source_offset), root=0)
+    outcome: tuple[str, Any] | None = None
+    if comm.rank == 0:
+        try:
+            ordered = [(chunk, offset) for rank_chunks, offset in gathered for chunk in rank_chunks]
+            _write_chunks(ordered, work / path.name, path, spec, engine)
+            outcome = ("ok", None)
+        except Exception as exc:  # noqa: BLE001 - every rank must learn of it
+            outcome = ("error", f"{path}: {exc}")
+            error = exc
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    status, message = comm.bcast(outcome, root=0)
+    if status == "error":
+        if comm.rank == 0:
+            raise error
+        raise OutputError(message)
+    return path
+
+
+def _write_chunks(ordered: list[tuple[Path, int]], tmp: Path, path: Path, spec: DatasetSpec, engine: str) -> None:
+    from gfmkit.data.spill import chunk_array, chunk_meta
+
+    if not ordered:
+        raise ValueError(f"no structures to write for dataset {spec.name!r}")
+    meta = chunk_meta(ordered[0][0])
+    natoms = np.concatenate([chunk_array(c, fmt.NATOMS) for c, _ in ordered]).astype(np.int64)
+    energy = np.concatenate([chunk_array(c, fmt.ENERGY) for c, _ in ordered]) if fmt.ENERGY in meta["per_structure"] else None
+    element_counts = np.sum([np.bincount(chunk_array(c, fmt.NUMBERS), minlength=119) for c, _ in ordered], axis=0)
+    n_structures = len(natoms)
+    split = fmt.split_codes(n_structures, spec.split_fractions, spec.split_seed)
+    fields = fmt.Block({name: None for name in meta["per_structure"]}, {name: None for name in meta["per_atom"]})
+    attrs = _attributes(spec, fields, natoms, energy, element_counts, split)
+    adios, io, writer = _open(tmp, engine)
+    try:
+        _put_chunks(io, writer, ordered, meta, natoms, split, attrs)
+    finally:
+        writer.close()  # also on an error: ADIOS2 aborts the process when a writer is destroyed open
+    write_manifest(tmp)
+    replace_path(tmp, path)
+    log.info("wrote %s: %d structures, %d atoms", path, len(natoms), int(natoms.sum()))
+
+
+def _put_chunks(io, writer, ordered, meta, natoms, split, attrs) -> None:
+    from gfmkit.data.spill import chunk_array, chunk_meta
+
+    n_structures, n_atoms = len(natoms), int(natoms.sum())
+    _write_attributes(io, attrs)
+    structure_rows = [int(chunk_meta(c)["structures"]) for c, _ in ordered]
+    atom_rows = [int(chunk_meta(c)["atoms"]) for c, _ in ordered]
+    first_atoms = np.concatenate([[0], np.cumsum(atom_rows)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(structure_rows)[:-1]])
+    names = [(n, 0) for n in meta["per_structure"]] + [(fmt.ATOM_OFFSET, 0), (fmt.SPLIT, 0)] + [(n, 1) for n in meta["per_atom"]]
+    for name, column in names:
+        if name == fmt.SPLIT:
+            _put(writer, _define(io, name, split.dtype, n_structures, ()), split, 0)
+            continue
+        variable = None
+        for (chunk, offset), start, first_atom in zip(ordered, starts, first_atoms):
+            if name == fmt.ATOM_OFFSET:
+                counts = chunk_array(chunk, fmt.NATOMS).astype(np.int64)
+                values = first_atom + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            else:
+                values = np.array(chunk_array(chunk, name))  # one chunk in memory, a plain array for ADIOS2
+                if name == fmt.SOURCE_INDEX:
+                    values = values + offset
+            if variable is None:
+                variable = _define(io, name, values.dtype, n_atoms if column else n_structures, values.shape[1:])
+            _put(writer, variable, values, int(first_atom if column else start))
+            writer.perform_data_write()  # to disk chunk by chunk: memory stays at one chunk
+    writer.end_step()
