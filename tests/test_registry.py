@@ -16,7 +16,7 @@ from gfmkit.viz import figures
 
 def test_every_study_is_declared_once_with_what_the_cli_needs():
     declared = studies()
-    assert set(declared) == {"precision", "finetune", "scaling", "hpo"}
+    assert set(declared) == {"precision", "finetune", "scaling", "hpo", "screen"}
     assert len({s.marker for s in declared.values()}) == len({s.title for s in declared.values()}) == len(declared)
     for name, study in declared.items():
         assert isinstance(study, Study) and study.name == name and study.command == name
@@ -34,9 +34,10 @@ def test_markers_match_the_files_the_studies_write():
     from gfmkit.studies.finetune import STUDY as FINETUNE
     from gfmkit.studies.precision import STUDY as PRECISION
     from gfmkit.studies.scaling import PLAN as SCALING
+    from gfmkit.studies.screen import STUDY as SCREEN
 
     assert {s.name: s.marker for s in studies().values()} == {
-        "precision": PRECISION, "finetune": FINETUNE, "scaling": SCALING, "hpo": HPO}
+        "precision": PRECISION, "finetune": FINETUNE, "scaling": SCALING, "hpo": HPO, "screen": SCREEN}
 
 
 def test_figures_recognise_each_study_through_the_registry(tmp_path):

@@ -20,9 +20,7 @@ from gfmkit.progress import set_progress
 from gfmkit.studies.registry import studies
 
 # Capabilities whose implementation has not landed yet: (help, issue that builds it).
-NOT_BUILT = {
-    "screen": ("billion-structure screening with encoder reuse and weighted heads", None),
-}
+NOT_BUILT: dict[str, tuple[str, int | None]] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,8 @@ from gfmkit.data.structure import Structure
 
 
 def store_format(path: str | os.PathLike) -> str:
-    """``"gfmkit"`` or ``"hydragnn"``: who wrote the store at ``path`` (a StoreError when neither)."""
+    """``"gfmkit"``, ``"screen"`` (a screening results store) or ``"hydragnn"``: who wrote the store at
+    ``path`` (a StoreError when neither)."""
     import adios2
 
     path = Path(path)
@@ -33,6 +34,8 @@ def store_format(path: str | os.PathLike) -> str:
             names = set(reader.available_attributes())
             if fmt.A_FORMAT in names and reader.read_attribute(fmt.A_FORMAT) == fmt.FORMAT:
                 return "gfmkit"
+            if fmt.A_FORMAT in names and reader.read_attribute(fmt.A_FORMAT) == "gfmkit-screen":
+                return "screen"
     except (RuntimeError, ValueError) as exc:
         raise StoreError(f"{path}: not a readable ADIOS2 file ({adios_message(exc)})") from None
     if "total_ndata" in names or any(n.endswith("/ndata") for n in names):
@@ -47,8 +50,13 @@ def open_store(path: str | os.PathLike, *, preload: bool = False, dataset: str |
     from gfmkit.data.hydragnn import HydraGNNStore
     from gfmkit.data.store_read import Store
 
-    if store_format(path) == "gfmkit":
+    kind = store_format(path)
+    if kind == "gfmkit":
         return Store(path, preload=preload)
+    if kind == "screen":  # screening results: rows of predictions, no structures (``gfmkit data info``)
+        from gfmkit.data.results_store import ResultsStore
+
+        return ResultsStore(path)
     first = HydraGNNStore(path, preload=preload, dataset=dataset, level_of_theory=level_of_theory or "unknown")
     parts = [first] + [HydraGNNStore(path, split=label, preload=preload, dataset=first.name,
                                      level_of_theory=first.level_of_theory) for label in first.split_names[1:]]

@@ -1,4 +1,4 @@
-"""Studies built on training and inference: scaling, precision, fine-tuning and head weighting (screening lands later).
+"""Studies built on training and inference: scaling, precision, fine-tuning, head weighting and screening.
 
 Each study, the hyperparameter search included, is declared once (marker file, run, table, figure, CLI
 command) as a :class:`~gfmkit.studies.registry.Study`; :func:`gfmkit.studies.registry.studies` lists them.
@@ -30,6 +30,12 @@ from gfmkit.studies.scaling import (
     run_throughput,
     scaling_table,
 )
+from gfmkit.studies.screen import (  # gfmkit.studies.screen is the function; the module: gfmkit/studies/screen.py
+    screen,
+    screen_summary,
+    screen_table,
+    top_hits,
+)
 
 __all__ = [
     "PRECISIONS",
@@ -48,6 +54,10 @@ __all__ = [
     "run_scaling",
     "run_throughput",
     "scaling_table",
+    "screen",
+    "screen_summary",
+    "screen_table",
+    "top_hits",
     "transfer_gain",
     "weighting_table",
 ]
