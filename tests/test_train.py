@@ -472,7 +472,7 @@ def test_bf16_linear_layers_really_compute_in_bf16(demo_dir, tmp_path, one_threa
 def test_unsupported_precision_is_an_error_not_a_fallback(demo_dir, tmp_path, monkeypatch):
     import gfmkit.train.trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "_cpu_autocast_bf16", lambda: False)
+    monkeypatch.setattr(trainer_module, "cpu_autocast_bf16", lambda: False)
     with pytest.raises(RuntimeError, match="bf16-autocast"):
         Trainer(tiny_config(demo_dir, precision="bf16-autocast"), tmp_path / "run")
 

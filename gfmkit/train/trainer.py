@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
@@ -38,23 +37,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from gfmkit import keys
-from gfmkit._version import __version__
-from gfmkit.config import config_to_dict, load_config
-from gfmkit.data.graphs import GraphDataset, collate, make_loader
-from gfmkit.data.multi import DatasetRegistry, open_stores
-from gfmkit.data.sampling import DatasetMixer, GlobalBatchSampler
-from gfmkit.files import atomic_path, atomic_write_text
+from gfmkit.data.graphs import collate
 from gfmkit.log import get_logger
-from gfmkit.models import build_model, load_model, read_checkpoint, save_checkpoint
-from gfmkit.models.config import HeadConfig, ModelConfig
-from gfmkit.models.multihead import MultiHeadPaiNN
-from gfmkit.models.transfer import head_sources, transfer_weights
-from gfmkit.outputs import OutputError, check_run_dir
 from gfmkit.precision import check_supported, get_policy, precision_scope
 from gfmkit.rundir import RunDir
 from gfmkit.train.config import TrainConfig, load_train_config, resolve_paths
@@ -68,47 +56,33 @@ from gfmkit.train.loss import (
     term_weights,
     wants_stress,
 )
-from gfmkit.train.signals import StopRequest, ignore_stop_signals, stop_deadline
+from gfmkit.train.runfiles import BEST, LAST, RunFiles
+from gfmkit.train.setup import (
+    CachedGraphs,
+    TrainingError,
+    TrainingSetup,
+    check_dataset_names,
+    cpu_autocast_bf16,
+)
+from gfmkit.train.signals import StopRequest, stop_deadline
 from gfmkit.train.state import (
     EMA,
     Schedule,
     Weights,
-    rng_state,
-    seed_everything,
-    set_rng_state,
 )
 
 log = get_logger(__name__)
 
-LAST, BEST = "last.pt", "best.pt"
+__all__ = ["BEST", "LAST", "CachedGraphs", "Trainer", "TrainingError", "best_checkpoint_steps", "train"]
+
 #: Per-head validation error columns, in the order of gfmkit.train.loss.TERMS.
 ERROR_NAMES = keys.ERROR_COLUMNS
-
-
-class TrainingError(RuntimeError):
-    """A run cannot start or resume (occupied run directory, checkpoint without training state, ...)."""
-
-
-class CachedGraphs(torch.utils.data.Dataset):
-    """A GraphDataset whose graphs are built once and kept (the cutoff is fixed during a run)."""
-
-    def __init__(self, dataset: GraphDataset):
-        self.dataset, self.cache = dataset, {}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, k: int):
-        graph = self.cache.get(k)
-        if graph is None:
-            graph = self.cache[k] = self.dataset[k]
-        return graph
 
 
 # -- the trainer --------------------------------------------------------------------------------------
 
 
-class Trainer:
+class Trainer(TrainingSetup, RunFiles):
     """One training run. ``Trainer(config, run_dir, resume=...).fit()`` returns the metrics table;
     :func:`train` is the one-line form. ``callback(record)`` sees every metrics record on rank 0 (the
     notebook's live loss plot uses it)."""
@@ -133,7 +107,7 @@ class Trainer:
         self.device = self.dist.device
         self.policy = get_policy(config.precision)
         check_supported(self.policy, self.device)
-        if self.policy.autocast and self.device.type == "cpu" and not _cpu_autocast_bf16():
+        if self.policy.autocast and self.device.type == "cpu" and not cpu_autocast_bf16():
             raise RuntimeError("precision bf16-autocast needs CPU autocast to bfloat16, which this torch lacks")
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.is_main = self.dist.is_main
@@ -150,7 +124,7 @@ class Trainer:
         self._broadcast_parameters()
         # fp32 masters under bf16-pure, made after the broadcast so every rank starts from rank 0's weights
         self.weights = Weights(self.model, torch.float32 if self.policy.param_dtype == torch.bfloat16 else None)
-        _check_dataset_names("loss.datasets", config.loss.datasets, self.model.head_names)
+        check_dataset_names("loss.datasets", config.loss.datasets, self.model.head_names)
         self.heads = HeadTable.from_model(self.model, self.train_set.property_names, config.loss.datasets)
         self.any_forces = bool(self.heads.is_energy.any())
         self._build_loader()
@@ -180,126 +154,6 @@ class Trainer:
                 log.warning("%s: discarding the metrics of an earlier start that saved no checkpoint", self.run.path)
                 self.run.metrics_path.unlink()
             self._write_run_files(resumed_from=checkpoint)
-
-    def _check_run_dir(self, run_dir: str | os.PathLike | RunDir, *, overwrite: bool) -> None:
-        """Before anything starts, rank 0 checks the run directory (a directory of other files, or a file
-        in the way, is refused) and every rank learns its verdict."""
-        error = None
-        if self.dist.is_main:
-            try:
-                check_run_dir(run_dir.path if isinstance(run_dir, RunDir) else run_dir, overwrite=overwrite)
-            except OutputError as exc:
-                error = str(exc)
-        verdict = self.dist.all_gather_object(error)[0]
-        if verdict is not None:
-            raise OutputError(verdict)
-
-    def _read_resume_state(self, checkpoint: Path | None) -> dict[str, Any] | None:
-        if checkpoint is None:
-            return None
-        state = read_checkpoint(checkpoint, map_location=self.device)
-        if "training" not in state:
-            raise TrainingError(f"{checkpoint}: holds weights only (no training state); resume from {LAST}")
-        saved = state["training"].get("precision")
-        if saved != self.policy.name:
-            raise TrainingError(f"{checkpoint} was trained with precision {saved}, the config says {self.policy.name}: "
-                                "resume with the same precision (or fine-tune from its weights in a new run)")
-        return state
-
-    def _model_config(self, state: dict[str, Any] | None, checkpoint: Path | None) -> ModelConfig:
-        """The checkpoint's model config on resume, the pretrained model's with ``init.checkpoint``, else
-        the config's own ``model`` section."""
-        config = self.config
-        if state is not None:
-            saved = load_config(ModelConfig, state["config"], where=f"{checkpoint} (config)")
-            if saved != config.model:
-                log.warning("resuming with the checkpoint's model config %s (the config file says %s)", saved, config.model)
-            return saved
-        if config.init.checkpoint is None:
-            return config.model
-        pretrained = read_checkpoint(config.init.checkpoint)
-        saved = load_config(ModelConfig, pretrained["config"], where=f"{config.init.checkpoint} (config)")
-        if config.model not in (ModelConfig(), saved):
-            differ = {k: (v, getattr(saved, k)) for k, v in config_to_dict(config.model).items()
-                      if config_to_dict(getattr(saved, k)) != v}
-            raise TrainingError(f"model section {differ} (config, pretrained) contradicts init.checkpoint "
-                                f"{config.init.checkpoint}: leave it out, the pretrained model's is used")
-        return saved
-
-    def _open_data(self, state: dict[str, Any] | None) -> None:
-        """Stores (with the checkpoint's registry when resuming) and the train/val graph datasets, in the
-        policy's sensitive dtype."""
-        config = self.config
-        registry = DatasetRegistry(state["registry"]) if state is not None and "registry" in state else None
-        self.stores = open_stores(config.data.stores, registry=registry, preload=config.data.preload)
-        dtype = self.policy.sensitive_dtype
-        cutoff = self.model_config.cutoff
-        try:
-            self.train_set = GraphDataset(self.stores, cutoff, split=config.data.train_split, dtype=dtype)
-        except ValueError as exc:
-            raise TrainingError(f"data.train_split: {exc}") from None
-        if len(self.train_set) == 0:
-            raise TrainingError(f"no structures in split {config.data.train_split!r} of {config.data.stores}")
-        self.val_set = None
-        if config.data.val_split:
-            val = GraphDataset(self.stores, cutoff, split=config.data.val_split, dtype=dtype,
-                               property_names=self.train_set.property_names)
-            self.val_set = val if len(val) else None
-
-    def _build_model(self, state: dict[str, Any] | None, checkpoint: Path | None) -> MultiHeadPaiNN:
-        """Fitted head statistics on a fresh run (started from ``init.checkpoint``'s weights if given), the
-        checkpoint's heads on resume; in the policy's dtype, the encoder frozen if its learning rate is 0."""
-        config = self.config
-        self.head_sources: dict[str, str | None] = {}
-        if state is None:
-            seed_everything(config.seed)
-            model = build_model(self.model_config, self.stores, split=config.data.train_split)
-        else:
-            model = MultiHeadPaiNN(self.model_config,
-                                   [load_config(HeadConfig, h, where=str(checkpoint)) for h in state["heads"]])
-        missing = [name for name in self.stores.registry.names if name not in model.head_names]
-        if missing:
-            raise TrainingError(f"dataset(s) {missing} have no head in the model (heads: {model.head_names})")
-        model = model.to(self.device).to(self.policy.param_dtype)
-        if state is None and config.init.checkpoint is not None:  # copied in the run's dtype: no extra rounding
-            pretrained = load_model(config.init.checkpoint, map_location=self.device)
-            try:
-                self.head_sources = head_sources(model.head_names, pretrained.head_names, config.init.heads)
-                transfer_weights(model, pretrained, self.head_sources)
-            except (KeyError, ValueError) as exc:
-                raise TrainingError(f"init from {config.init.checkpoint}: {exc}") from None
-        if config.optimizer.encoder_lr_scale == 0:
-            model.encoder.requires_grad_(False)
-        return model
-
-    def _param_groups(self) -> list[dict[str, Any]]:
-        """One AdamW group, or two when the encoder learns at its own rate (``lr_scale`` x the schedule's)."""
-        scale = self.config.optimizer.encoder_lr_scale
-        named = self.weights.named()
-        encoder = [p for name, p in named.items() if name.startswith("encoder.")]
-        if scale in (0.0, 1.0) or not encoder:  # frozen encoder weights are not among the optimised ones
-            return [{"params": list(named.values()), "lr_scale": 1.0}]
-        rest = [p for name, p in named.items() if not name.startswith("encoder.")]
-        return [{"params": encoder, "lr_scale": scale}, {"params": rest, "lr_scale": 1.0}]
-
-    def _build_loader(self) -> None:
-        """The imbalance-aware global-batch sampler (this rank's slices) and the DataLoader over it."""
-        config = self.config
-        names = self.model.head_names
-        _check_dataset_names("sampler.weights", config.sampler.weights, names)
-        weights = {names.index(k): v for k, v in config.sampler.weights.items()}
-        mixer = DatasetMixer(self.train_set.head, strategy=config.sampler.strategy, temperature=config.sampler.temperature,
-                             weights=weights or None, num_samples=config.sampler.samples_per_epoch, seed=config.seed)
-        edges = self.train_set.edge_counts() if config.sampler.max_edges is not None else None
-        self.sampler = GlobalBatchSampler(mixer, self.train_set.natoms, batch_size=config.sampler.batch_size,
-                                          max_atoms=config.sampler.max_atoms, max_edges=config.sampler.max_edges,
-                                          edges=edges, rank=self.dist.rank, world_size=self.dist.world_size)
-        source = CachedGraphs(self.train_set) if config.data.cache_graphs else self.train_set
-        self.loader = make_loader(source, self.sampler, num_workers=config.data.num_workers)
-        # The loader draws its workers' base seed from this generator, not from the global torch RNG,
-        # which every new iterator (each epoch, and again after a resume) would otherwise advance.
-        self.loader.generator = torch.Generator().manual_seed(config.seed)
-        self.loader.worker_init_fn = ignore_stop_signals
 
     # -- public -------------------------------------------------------------------------------------
     def fit(self) -> pd.DataFrame:
@@ -516,135 +370,6 @@ class Trainer:
         if patience is not None and self.bad_validations >= patience and self.stop_reason is None:
             self.stop_reason = "early_stopping"
 
-    # -- checkpoints --------------------------------------------------------------------------------
-    def _training_state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "master": self.weights.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "sampler": {"epoch": self.epoch, "start_batch": self.batch_in_epoch},
-            "best_loss": self.best_loss,
-            "bad_validations": self.bad_validations,
-            "last_validated_step": self.last_validated_step,
-            "world_size": self.dist.world_size,
-            "precision": self.policy.name,
-            "config": config_to_dict(self.config),
-        }
-
-    def _save(self, path: Path, *, training_state: bool) -> None:
-        """Write a checkpoint atomically (rank 0) with the EMA weights as the model's weights; every
-        rank takes part (RNG states are gathered) and waits until the file is in place."""
-        rngs = self.dist.all_gather_object(rng_state()) if training_state else None
-        if training_state:
-            self._saved_step = self.step
-        if self.is_main:
-            extra: dict[str, Any] = {"registry": list(self.stores.registry.names), "precision": self.policy.name,
-                                     "step": self.step, "metrics": dict(self.last_validation)}
-            if training_state:
-                extra["training"] = {**self._training_state(), "rng": rngs}
-            with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
-                save_checkpoint(self.model, path, **extra)
-        self.dist.barrier()
-
-    def _resume_path(self, resume: str | os.PathLike | None) -> Path | None:
-        if resume is None:
-            return None
-        if str(resume) == "auto":
-            path = self.run.checkpoints / LAST
-            return path if path.exists() else None
-        path = Path(resume)
-        if not path.exists():
-            raise TrainingError(f"{path}: no such checkpoint to resume from")
-        return path
-
-    def _load_training_state(self, state: dict[str, Any], path: Path | None) -> None:
-        tr = state["training"]
-        self.model.load_state_dict(tr["model"])
-        self.weights.load_state_dict(tr.get("master"))
-        try:
-            self.optimizer.load_state_dict(tr["optimizer"])
-        except ValueError as exc:  # another number of parameter groups or of trained parameters
-            raise TrainingError(f"{path}: the optimiser state does not fit this config ({exc}); was "
-                                "optimizer.encoder_lr_scale changed between 0, 1 and another value?") from None
-        for group, fresh in zip(self.optimizer.param_groups, self._param_groups()):
-            group["lr_scale"] = fresh["lr_scale"]  # the config's, not the checkpoint's
-        self.schedule.load_state_dict(tr["schedule"])
-        if self.ema is not None and tr.get("ema") is not None:
-            self.ema.load_state_dict(tr["ema"])
-        self.step, self.epoch, self.batch_in_epoch = int(tr["step"]), int(tr["epoch"]), int(tr["batch_in_epoch"])
-        self.best_loss, self.bad_validations = float(tr["best_loss"]), int(tr["bad_validations"])
-        self.last_validated_step = int(tr.get("last_validated_step", -1))
-        self.last_validation = dict(state.get("metrics") or {})
-        self.batches_per_epoch = len(self.sampler.global_batches(self.epoch))
-        rngs = tr.get("rng") or []
-        if rngs:
-            set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
-        if tr.get("world_size") != self.dist.world_size:
-            log.warning("resuming a %s-rank run on %d ranks: same global batches, RNG states of rank 0",
-                        tr.get("world_size"), self.dist.world_size)
-        if self.is_main:
-            _truncate_metrics(self.run, self.step)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
-
-    # -- bookkeeping --------------------------------------------------------------------------------
-    def _broadcast_parameters(self) -> None:
-        if self.dist.world_size > 1:
-            with torch.no_grad():
-                for tensor in list(self.model.parameters()) + list(self.model.buffers()):
-                    if tensor.is_floating_point():
-                        self.dist.broadcast_(tensor.data)
-
-    def _describe(self) -> dict[str, Any]:
-        return {
-            "precision": self.policy.name,
-            "param_dtype": _dtype_name(self.policy.param_dtype),
-            "compute_dtype": _dtype_name(self.policy.compute_dtype),
-            "sensitive_dtype": _dtype_name(self.policy.sensitive_dtype),
-            "optimizer_dtype": _dtype_name(self.weights.dtype),
-            **self.dist.describe(),
-        }
-
-    def _write_run_files(self, resumed_from: Path | None) -> None:
-        self.run.save_config(self.config)
-        self.stores.registry.save(self.run.path / "registry.json")
-        info = {
-            "gfmkit_version": __version__,
-            "torch_version": torch.__version__,
-            **self._describe(),
-            "torch_threads": torch.get_num_threads(),
-            "registry": list(self.stores.registry.names),
-            "train_structures": len(self.train_set),
-            "train_structures_per_dataset": dict(zip(self.stores.registry.names, map(int, np.bincount(
-                self.train_set.head, minlength=len(self.stores.registry.names))))),
-            "val_structures": 0 if self.val_set is None else len(self.val_set),
-            "parameters": sum(p.numel() for p in self.weights.params),
-            "total_steps": self.total_steps,
-            "resumed_from": None if resumed_from is None else str(resumed_from),
-            "initialised_from": self.config.init.checkpoint,
-            "head_sources": self.head_sources or self._previous_run_info().get("head_sources", {}),
-            "frozen_parameters": sum(p.numel() for p in self.model.parameters() if not p.requires_grad),
-        }
-        atomic_write_text(self.run.path / "run.json", json.dumps(info, indent=2))
-
-    def _previous_run_info(self) -> dict[str, Any]:
-        path = self.run.path / "run.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    def _emit(self, record: dict[str, Any]) -> None:
-        if not self.is_main:
-            return
-        self.run.log_metrics(record)
-        if record.get("phase") != "event":
-            log.info("%s step %d: loss %.5g", record["phase"], record["step"], record.get("loss", float("nan")))
-        if self.callback is not None:
-            self.callback(record)
-
-
 def _improves(loss: float, best: float, threshold: float) -> bool:
     """Whether a validation loss beats the best so far by the relative ``threshold`` (any finite loss
     beats none)."""
@@ -662,25 +387,6 @@ def best_checkpoint_steps(losses: list[float], rule: str, threshold: float = 1e-
     return kept
 
 
-def _check_dataset_names(section: str, given: Mapping[str, float], names: list[str]) -> None:
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise TrainingError(f"{section} names unknown dataset(s) {unknown}; datasets: {names}")
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _cpu_autocast_bf16() -> bool:
-    """Whether CPU autocast really runs matmuls in bfloat16 here (no silent float32 fallback)."""
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    except RuntimeError:
-        return False
-
-
 def _term_table(sums: torch.Tensor, counts: torch.Tensor, prefix: str, config, names: list[str]) -> dict[str, float]:
     """Per-term losses over all heads and each dataset's own loss (its weighted terms over its counts)."""
     out: dict[str, float] = {}
@@ -694,24 +400,6 @@ def _term_table(sums: torch.Tensor, counts: torch.Tensor, prefix: str, config, n
         if bool(present.any()):
             out[f"{prefix}{name}/loss"] = float((weights * sums[h] / counts[h].clamp(min=1)).where(present, 0.0).sum())
     return out
-
-
-def _truncate_metrics(run: RunDir, step: int) -> None:
-    """Drop metrics records after ``step`` (written by a run that died after its last checkpoint)."""
-    if not run.metrics_path.exists():
-        return
-    kept = []
-    for line in run.metrics_path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the kill
-        if record.get("step") is None or record["step"] <= step:
-            kept.append(line)
-    with atomic_path(run.metrics_path) as tmp:
-        tmp.write_text("".join(k + "\n" for k in kept))
 
 
 def train(
