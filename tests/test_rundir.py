@@ -83,3 +83,15 @@ def test_the_studies_read_runs_through_rundir(tiny_checkpoint):
     assert run_metrics(run_dir).equals(RunDir(run_dir).metrics())
     assert RunDir(run_dir).best_checkpoint() == tiny_checkpoint
     assert json.loads((run_dir / RUN_INFO).read_text())  # the file the trainer writes
+
+
+def test_run_json_records_peak_memory_and_time_to_the_first_step(demo_dir, tmp_path, one_thread):
+    import json
+
+    from gfmkit.train import train
+
+    run, _ = train(tiny_config(demo_dir, max_steps=2), tmp_path / "run")
+    info = json.loads((run.path / "run.json").read_text())
+    first, end = info["first_step"], info["end"]
+    assert 0 < first["seconds_since_start"] <= end["seconds_since_start"]
+    assert len(first["peak_rss_mib_per_rank"]) == 1 and 50 < first["peak_rss_mib_per_rank"][0] <= end["peak_rss_mib_per_rank"][0]

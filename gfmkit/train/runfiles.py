@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +149,17 @@ class RunFiles:
             "frozen_parameters": sum(p.numel() for p in self.model.parameters() if not p.requires_grad),
         }
         atomic_write_text(self.run.path / "run.json", json.dumps(info, indent=2))
+
+    def _record_resources(self, key: str) -> None:
+        """Every rank's peak memory (MiB) and the seconds since the trainer started, into run.json under
+        ``key`` (``first_step``: what data loading and set-up cost; ``end``). A collective: every rank
+        calls it at the same step."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        peaks = [round(float(x), 1) for x in self.dist.all_gather_object(peak)]
+        if self.is_main:
+            info = self._previous_run_info()
+            info[key] = {"seconds_since_start": round(time.time() - self.started, 3), "peak_rss_mib_per_rank": peaks}
+            atomic_write_text(self.run.path / "run.json", json.dumps(info, indent=2))
 
     def _previous_run_info(self) -> dict[str, Any]:
         path = self.run.path / "run.json"

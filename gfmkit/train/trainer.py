@@ -171,6 +171,7 @@ class Trainer(TrainingSetup, RunFiles):
                     self._save(self.run.checkpoints / LAST, training_state=True)
                 self._emit({"phase": "event", "event": "stop", "step": self.step, "epoch": self.epoch,
                             "reason": self.stop_reason or "finished", "best_val_loss": self.best_loss})
+                self._record_resources("end")
         finally:
             if self._owns_dist:
                 self.dist.close()
@@ -189,6 +190,7 @@ class Trainer(TrainingSetup, RunFiles):
         # one bar (or one log line per interval) for the whole run: nested epoch bars left a widget per
         # epoch in notebooks and cursor codes in logs
         bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not show)
+        first_step_recorded = False
         try:
             while not self._done() and self.stop_reason is None:
                 self.sampler.load_state_dict({"epoch": self.epoch, "start_batch": self.batch_in_epoch})
@@ -197,6 +199,9 @@ class Trainer(TrainingSetup, RunFiles):
                     data_seconds = time.perf_counter() - waited
                     stats = self._train_step(batch, stop)
                     self.step += 1
+                    if not first_step_recorded:
+                        self._record_resources("first_step")
+                        first_step_recorded = True
                     self.batch_in_epoch += 1
                     self._after_step(stats, data_seconds)
                     if show:
