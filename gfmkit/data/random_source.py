@@ -22,7 +22,7 @@ from gfmkit.config import ConfigError
 #: Share of the box filled by the atoms' covalent spheres (close-packed metals: about 0.7-0.8).
 PACKING = 0.6
 #: Minimum distance between two atoms, as a share of the sum of their covalent radii.
-MIN_DISTANCE = 0.8
+MIN_DISTANCE = 0.7
 #: Placement attempts per atom before the box grows by 5 %.
 ATTEMPTS = 100
 DEFAULT_ATOMS = (2, 64)
@@ -92,23 +92,29 @@ def random_structure(rng: np.random.Generator, min_atoms: int, max_atoms: int, n
     sides = aspect * (volume / aspect.prod()) ** (1.0 / 3.0)
     draws = rng.random((n, ATTEMPTS, 3))  # every draw made up front: the stream does not depend on rejections
     positions = np.zeros((n, 3))
-    for k in range(n):
-        while True:
-            trial = draws[k] * sides  # (ATTEMPTS, 3)
-            if k == 0:
-                positions[0] = trial[0]
-                break
-            delta = trial[:, None, :] - positions[None, :k, :]
-            if periodic:
-                delta -= sides * np.round(delta / sides)
-            ok = (np.linalg.norm(delta, axis=-1) >= MIN_DISTANCE * (radii[k] + radii[:k])).all(axis=1)
-            if ok.any():
-                positions[k] = trial[int(np.argmax(ok))]
-                break
-            scale = 1.05  # crowded: grow the box and everything in it
-            sides, positions[:k] = sides * scale, positions[:k] * scale
+    positions[0] = draws[0, 0] * sides
+    for k in range(1, n):
+        limit = (MIN_DISTANCE * (radii[k] + radii[:k])) ** 2
+        while (chosen := _first_free(draws[k], sides, positions[:k], limit, periodic)) is None:
+            sides, positions[:k] = sides * 1.05, positions[:k] * 1.05  # crowded: grow the box and all in it
+        positions[k] = chosen
     cell = np.diag(sides) if periodic else np.zeros((3, 3))
     return {"numbers": numbers, "positions": positions, "cell": cell, "pbc": np.full(3, periodic)}
+
+
+def _first_free(draws: np.ndarray, sides: np.ndarray, placed: np.ndarray, limit: np.ndarray,
+                periodic: bool, block: int = 8) -> np.ndarray | None:
+    """The first of the candidate ``draws`` (fractions of ``sides``) at least ``sqrt(limit)`` from every
+    placed atom, tried a few at a time (the first usually fits); None when none does."""
+    for lo in range(0, len(draws), block):
+        trial = draws[lo : lo + block] * sides
+        delta = trial[:, None, :] - placed[None, :, :]
+        if periodic:
+            delta -= sides * np.round(delta / sides)
+        ok = (np.einsum("tkc,tkc->tk", delta, delta) >= limit).all(axis=1)
+        if ok.any():
+            return trial[int(np.argmax(ok))]
+    return None
 
 
 def parse_random_spec(spec: str) -> RandomSource:

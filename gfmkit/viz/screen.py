@@ -33,7 +33,7 @@ def throughput_figure(out: str | os.PathLike | dict[str, Any]) -> Figure:
         rates = [r["structures_per_s"] for r in summary["per_rank"]] + [summary["structures_per_s"]]
         labels = [f"rank {r['rank']}" for r in summary["per_rank"]] + ["total"]
         for j, (rate, label) in enumerate(zip(rates, labels)):
-            left.bar(k + j * width, rate, width, color=f"C{j}", label=label if k == 0 else None)
+            left.bar(k + (j - (len(rates) - 1) / 2) * width, rate, width, color=f"C{j}", label=label if k == 0 else None)
         shares = np.array([summary[f"{part}_share"] for part in ("data", "model", "write")])
         bottom = 0.0
         for j, (part, share) in enumerate(zip(("data", "model", "writing"), shares)):
@@ -41,7 +41,7 @@ def throughput_figure(out: str | os.PathLike | dict[str, Any]) -> Figure:
             bottom += share
     for ax in (left, right):
         ax.set_xticks(range(len(names)), names, rotation=20)
-        ax.legend(frameon=False, fontsize=8)
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     left.set(ylabel="structures / s", title="screening throughput")
     right.set(ylabel="share of rank time", ylim=(0, 1.05), title="where the time went")
     return fig
