@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gfmkit.cli.common import (
     CLIError,
+    comma_list,
     non_negative_int,
     print_json,
     print_table,
@@ -46,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("--config", type=Path, help="YAML DatasetSpec (name, level_of_theory, targets, labels, ...)")
     convert.add_argument("--dataset", help="dataset name (also the head name)")
     convert.add_argument("--level-of-theory", help="level-of-theory label, e.g. PBE, r2SCAN, wB97X/def2-TZVP")
-    convert.add_argument("--targets", help="comma-separated declared targets (default energy,forces)")
+    convert.add_argument("--targets", type=comma_list, help="comma-separated declared targets (default energy,forces)")
     convert.add_argument("--format", help="ase.io format, when the file suffix does not tell")
     convert.add_argument("--energy-key", help="info key of the energy (default: calculator results)")
     convert.add_argument("--forces-key", help="arrays key of the forces (default: calculator results)")
@@ -107,7 +108,7 @@ def _spec_from_args(args: argparse.Namespace):
     overrides = {"name": args.dataset, "level_of_theory": args.level_of_theory, "split_seed": args.seed}
     data.update({k: v for k, v in overrides.items() if v is not None})
     if args.targets:
-        data["targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
+        data["targets"] = args.targets
     labels = data.setdefault("labels", {})
     for key in ("energy", "forces", "stress", "virial"):
         value = getattr(args, f"{key}_key")

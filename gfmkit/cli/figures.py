@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, positive_int, print_table, rank
+from gfmkit.cli.common import CLIError, comma_list, positive_int, print_table, rank
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", type=Path, nargs="+", metavar="DIR", help="run or study directories, or folders of them")
     p.add_argument("--out", type=Path, default=Path("figures"), help="where the figures go (default figures/)")
-    p.add_argument("--formats", default="png,pdf", help="comma-separated matplotlib formats (default png,pdf)")
+    p.add_argument("--formats", default="png,pdf", type=comma_list, help="comma-separated matplotlib formats (default png,pdf)")
     p.add_argument("--dpi", type=positive_int, default=300)
     p.set_defaults(func=run)
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     if rank() != 0:
         return 0
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    formats = args.formats
     try:
         table = regenerate(args.paths, args.out, formats=formats, dpi=args.dpi)
     except (OSError, ValueError) as exc:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import CLIError, positive_int, print_table, rank, save_results
+from gfmkit.cli.common import (
+    CLIError,
+    comma_list,
+    positive_int,
+    print_table,
+    rank,
+    save_results,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pretrained", type=Path, nargs="?", metavar="PRETRAINED.pt", help="the pretrained checkpoint")
     p.add_argument("config", type=Path, nargs="?", metavar="CONFIG.yaml", help="training config of the downstream data")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="study directory (default runs/finetune)")
-    p.add_argument("--fractions", default="0.1,0.3,1", help="fractions of the training split (default 0.1,0.3,1)")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"from {','.join(STRATEGIES)}")
+    p.add_argument("--fractions", default="0.1,0.3,1", type=comma_list, help="fractions of the training split (default 0.1,0.3,1)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), type=comma_list, help=f"from {','.join(STRATEGIES)}")
     p.add_argument("--heads", default="", metavar="DATASET=HEAD,...",
                    help="pretrained head that starts each downstream dataset's head (default: same name, else fresh)")
     p.add_argument("--split", default="test", help="split the runs are evaluated on (default test)")
@@ -34,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def parse_heads(text: str) -> dict[str, str]:
     heads = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    for item in comma_list(text):
         dataset, sep, head = item.partition("=")
         if not sep or not dataset.strip() or not head.strip():
             raise CLIError(f"--heads: {item!r} is not DATASET=HEAD")
@@ -51,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         elif args.pretrained is None or args.config is None:
             raise CLIError("give PRETRAINED.pt and CONFIG.yaml (or --table to read a finished study)")
         else:
-            fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
-            strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+            fractions = [float(f) for f in args.fractions]
+            strategies = args.strategies
             table = run_finetune_study(args.pretrained, args.config, args.out, fractions=fractions,
                                        strategies=strategies, heads=parse_heads(args.heads), split=args.split,
                                        max_structures=args.max_structures, progress=not args.no_progress)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gfmkit.cli.common import (
     CLIError,
+    comma_list,
     non_negative_int,
     positive_int,
     print_table,
@@ -28,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", type=Path, metavar="CONFIG.yaml", nargs="?", help="training config (not needed with --table)")
     p.add_argument("--out", type=Path, default=Path("runs/precision"), help="study directory (default runs/precision)")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma-separated, from {','.join(PRECISIONS)}")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), type=comma_list, help=f"comma-separated, from {','.join(PRECISIONS)}")
     p.add_argument("--split", default="test", help="split the models are evaluated on (default test)")
     p.add_argument("--max-structures", type=positive_int, help="evaluate at most this many structures per dataset")
     p.add_argument("--warmup", type=non_negative_int, default=5, help="first steps left out of the throughput")
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.config is None:
             raise CLIError("give a training CONFIG.yaml (or --table to read a finished study)")
         else:
-            precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+            precisions = args.precisions
             table = run_precision_study(args.config, args.out, precisions, split=args.split,
                                         max_structures=args.max_structures, warmup=args.warmup,
                                         progress=not args.no_progress)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gfmkit.cli.common import (
     CLIError,
+    comma_list,
     non_negative_int,
     positive_int,
     print_table,
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "batch scripts are written (and submitted with --submit); run again with --table when they finished.",
     )
     p.add_argument("config", type=Path, metavar="CONFIG.yaml")
-    p.add_argument("--sizes", default="1,2", help="rank counts (local) or node counts (site), comma-separated")
+    p.add_argument("--sizes", default="1,2", type=comma_list, help="rank counts (local) or node counts (site), comma-separated")
     p.add_argument("--mode", choices=["strong", "weak"], default="strong")
     p.add_argument("--profile", default="local")
     p.add_argument("--out", type=Path, help="study directory (default runs/scaling-<mode>)")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / f"scaling-{args.mode}"
     try:
-        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+        sizes = [int(s) for s in args.sizes]
         if args.table:
             table = scaling_table(out, warmup=args.warmup)
         else:
