@@ -11,7 +11,7 @@ measured in benchmarks/multihead_speed.py (docs/multihead.md).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -45,7 +45,6 @@ class Prediction:
     forces: torch.Tensor | None = None
     stress: torch.Tensor | None = None
     forces_spread: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def head(self, name: str) -> int:
         """Column of head ``name`` in ``energies``/``weights`` (axis 0 of per-head forces and stress)."""
