@@ -167,10 +167,10 @@ class FailingSource:
 
 def test_a_failed_screen_resumes_from_its_finished_chunks(tiny_checkpoint, tmp_path, one_thread):
     whole = tmp_path / "whole.bp"
-    screen(tiny_checkpoint, SPEC, whole, chunk_size=5, progress=False)
+    screen(tiny_checkpoint, SPEC, whole, chunk_size=5, progress=False, prefetch=True)  # a thread graphs ahead
     out = tmp_path / "resumed.bp"
-    with pytest.raises(RuntimeError, match="disk gone"):
-        screen(tiny_checkpoint, FailingSource(SPEC, 17), out, chunk_size=5, progress=False)
+    with pytest.raises(RuntimeError, match="disk gone"):  # raised in the prefetch thread, reported here
+        screen(tiny_checkpoint, FailingSource(SPEC, 17), out, chunk_size=5, progress=False, prefetch=True)
     assert not out.exists() and len(list(work_dir(out).glob("chunk-*.bp"))) == 3
     summary = screen(tiny_checkpoint, SPEC, out, chunk_size=5, progress=False).attrs["summary"]
     assert summary["resumed_chunks"] == 3 and summary["screened_now"] == 24 - 15

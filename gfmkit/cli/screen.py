@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gfmkit.cli.common import print_json, print_table, rank
+from gfmkit.cli.common import (
+    non_negative_int,
+    positive_int,
+    print_json,
+    print_table,
+    rank,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--weighting", choices=WEIGHTINGS, default="auto")
     parser.add_argument("--forces", choices=FORCES, default="none")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--max-edges", type=int, default=DEFAULT_MAX_EDGES, help="edges per batch")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="structures per resumable chunk")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that graph ahead")
+    parser.add_argument("--max-edges", type=positive_int, default=DEFAULT_MAX_EDGES, help="edges per batch")
+    parser.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK, help="structures per resumable chunk")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader processes that graph ahead")
+    parser.add_argument("--prefetch", action="store_true", help="a thread graphs the next chunk while the model runs")
     parser.add_argument("--save-forces", action="store_true", help="keep per-atom weighted forces")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--top", type=int, default=0, metavar="K", help="print the top K rows afterwards")
+    parser.add_argument("--top", type=non_negative_int, default=0, metavar="K", help="print the top K rows afterwards")
     parser.add_argument("--by", default="energy_per_atom", help="column that ranks the top K")
     parser.add_argument("--summary-json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace a results store gfmkit wrote")
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     table = screen(args.checkpoint, args.source if len(args.source) > 1 else args.source[0], args.out,
                    heads=args.heads, weighting=args.weighting, forces=args.forces, precision=args.precision,
-                   max_edges=args.max_edges, chunk_size=args.chunk_size, workers=args.workers,
+                   max_edges=args.max_edges, chunk_size=args.chunk_size, workers=args.workers, prefetch=args.prefetch,
                    save_forces=args.save_forces, device=args.device, overwrite=args.overwrite,
                    progress=not getattr(args, "no_progress", False))
     summary = table.attrs["summary"]

@@ -42,7 +42,7 @@ from gfmkit._version import __version__
 from gfmkit.comm import world
 from gfmkit.config import ConfigError
 from gfmkit.data import results_store as rs
-from gfmkit.data.edge_batches import ChunkBatches, chunk_loader
+from gfmkit.data.edge_batches import ChunkBatches, chunk_loader, thread_prefetch
 from gfmkit.data.screen_source import open_source
 from gfmkit.files import atomic_write_text
 from gfmkit.log import get_logger
@@ -84,6 +84,7 @@ def screen(
     max_edges: int = DEFAULT_MAX_EDGES,
     chunk_size: int = DEFAULT_CHUNK,
     workers: int = 0,
+    prefetch: bool = False,
     save_forces: bool = False,
     device: str = "cpu",
     overwrite: bool = False,
@@ -99,7 +100,8 @@ def screen(
     ``forces``: "none", "weighted" (max |F| of the weighted forces) or "each" (per-head forces too: their
     disagreement). ``precision``: "fp64", "fp32" or "bf16-autocast". ``max_edges``: edges per batch.
     ``chunk_size``: structures per chunk (the unit of resumption). ``workers``: DataLoader processes that
-    build the next chunks' graphs while the model runs (0: in this process). ``save_forces``: keep the
+    build the next chunks' graphs while the model runs (0: in this process); ``prefetch``: a thread does
+    (measured in benchmarks/screen_speed.py, docs/screening.md). ``save_forces``: keep the
     per-atom weighted forces. Returns the summary (one row per rank and a ``total`` row); the rows are in
     :func:`screen_table`.
     """
@@ -120,7 +122,7 @@ def screen(
     remaining = [c for c in range(n_chunks) if c not in set(done)]
     mine = remaining[len(remaining) * comm.rank // comm.size: len(remaining) * (comm.rank + 1) // comm.size]
     try:
-        stats = _run_chunks(model, src, mine, work, settings, workers, device, progress and comm.rank == 0)
+        stats = _run_chunks(model, src, mine, work, settings, (workers, prefetch), device, progress and comm.rank == 0)
     except BaseException as exc:
         if comm.size > 1:
             print(f"gfmkit screen: rank {comm.rank} failed: {exc}; aborting the job", file=sys.stderr, flush=True)
@@ -215,7 +217,7 @@ def _prepare_work(work: Path, settings: dict[str, Any], overwrite: bool) -> list
     return done
 
 
-def _run_chunks(model, src, chunks, work, settings, workers, device, show) -> dict[str, Any]:
+def _run_chunks(model, src, chunks, work, settings, loading, device, show) -> dict[str, Any]:
     """Screen ``chunks`` on this rank; time spent waiting for data, in the model and writing."""
     from gfmkit.precision import precision_scope
 
@@ -228,7 +230,9 @@ def _run_chunks(model, src, chunks, work, settings, workers, device, show) -> di
     bar = progress_bar(total=int(total), desc="screen", unit="structure", disable=not show)
     with bar, precision_scope(settings["precision"], device):
         tick = time.perf_counter()
-        for chunk, batches in chunk_loader(dataset, workers):
+        workers, prefetch = loading
+        stream = (dataset[k] for k in range(len(dataset))) if workers == 0 else chunk_loader(dataset, workers)
+        for chunk, batches in thread_prefetch(stream) if prefetch else stream:
             now = time.perf_counter()
             times["data"] += now - tick
             rows = [batch_rows(model, b.to(device), settings) for b in batches]
