@@ -148,6 +148,18 @@ def test_screen_writes_one_row_per_structure_with_attributes(tiny_checkpoint, tm
 
     info = run_cli("data", "info", out, "--json")
     assert info.returncode == 0 and '"structures": 24' in info.stdout
+    with pytest.raises(ConfigError, match="predictions, not structures"):
+        open_source(str(out))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gfmkit.studies.registry import study_of
+    from gfmkit.viz.screen import throughput_figure
+
+    assert study_of(tmp_path).name == "screen"
+    figure = throughput_figure(tmp_path)
+    assert [ax.get_title() for ax in figure.axes] == ["screening throughput", "where the time went"]
 
 
 class FailingSource:

@@ -35,6 +35,8 @@ class StoreSource:
         self.path = Path(path)
         self.store = open_store(path)
         self.spec = str(path)
+        if not hasattr(self.store, "arrays"):
+            raise ConfigError(f"{path}: a screening results store holds predictions, not structures; screen its source")
 
     def __len__(self) -> int:
         return len(self.store)
