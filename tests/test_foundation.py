@@ -12,7 +12,7 @@ from typing import Literal
 import pytest
 import torch
 
-from gfmkit.cli import NOT_BUILT, build_parser, main
+from gfmkit.cli import build_parser, main
 from gfmkit.comm import SerialComm, launched_by_mpi, world
 from gfmkit.config import ConfigError, load_config, save_config
 from gfmkit.files import atomic_path
@@ -142,12 +142,6 @@ def test_cli_help_lists_every_capability(capsys):
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
         assert info.value.code == 0
-
-
-@pytest.mark.parametrize("command", sorted(NOT_BUILT))
-def test_unbuilt_capabilities_say_so_and_exit_2(command, capsys):
-    assert main([command, "anything"]) == 2
-    assert "not built yet" in capsys.readouterr().err
 
 
 def test_console_script_runs():

@@ -19,9 +19,6 @@ from gfmkit.outputs import oserror_message
 from gfmkit.progress import set_progress
 from gfmkit.studies.registry import studies
 
-# Capabilities whose implementation has not landed yet: (help, issue that builds it).
-NOT_BUILT: dict[str, tuple[str, int | None]] = {}
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -33,11 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_cli.add_parser(sub)
     train_cli.add_parser(sub)
-    for name, (help_text, issue) in NOT_BUILT.items():
-        where = f" (lands with issue #{issue})" if issue else ""
-        p = sub.add_parser(name, help=f"{help_text} [not built yet]", description=f"{help_text}. Not built yet{where}.")
-        p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_not_built(name, where))
     cluster_cli.add_parser(sub)
     kernel_cli.add_parser(sub)
     for study in studies().values():  # every declared study's command lives in gfmkit.cli.<command>
@@ -46,14 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cli.add_parser(sub)
     add_shared_flags(parser)
     return parser
-
-
-def _not_built(name: str, where: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"gfmkit {name}: this capability is not built yet{where}; nothing was run.", file=sys.stderr)
-        return 2
-
-    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
