@@ -200,6 +200,7 @@ def test_a_failed_screen_resumes_from_its_finished_chunks(tiny_checkpoint, tmp_p
     (lambda d: ["--source", str(d / "*.xyz")], "no file matches"),
     (lambda d: ["--source", "random:ten"], "not a whole number"),
     (lambda d: ["--source", "random:5", "--heads", "nonexistent"], "nonexistent"),
+    (lambda d: ["--source", "random:5", "--weighting", "gate"], "has no gate"),
 ])
 def test_bad_sources_give_one_line_and_leave_no_results(tiny_checkpoint, tmp_path, make_args, message):
     out = tmp_path / "r.bp"

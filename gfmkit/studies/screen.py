@@ -24,13 +24,14 @@ screened into it, with its summary.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,7 @@ def screen(
     started = time.perf_counter()
     _check_choices(weighting, forces, precision, save_forces, max_edges, chunk_size)
     agree(comm, lambda: check_store_output(out, overwrite=overwrite))
-    model, chosen = _load(checkpoint, heads, precision, device)
-    src = open_source(source, elements=model_elements(model))
+    model, chosen, src = _agreed(comm, lambda: _open(checkpoint, source, heads, weighting, precision, device))
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": _sha256(checkpoint),
                 "source": getattr(src, "spec", str(source)), "structures": len(src), "heads": chosen,
                 "weighting": weighting, "forces": forces, "precision": precision, "max_edges": int(max_edges),
@@ -121,22 +121,18 @@ def screen(
     n_chunks = -(-len(src) // chunk_size)
     remaining = [c for c in range(n_chunks) if c not in set(done)]
     mine = remaining[len(remaining) * comm.rank // comm.size: len(remaining) * (comm.rank + 1) // comm.size]
-    try:
+    with _abort_on_failure(comm):
         stats = _run_chunks(model, src, mine, work, settings, (workers, prefetch), device, progress and comm.rank == 0)
-    except BaseException as exc:
-        if comm.size > 1:
-            print(f"gfmkit screen: rank {comm.rank} failed: {exc}; aborting the job", file=sys.stderr, flush=True)
-            comm.Abort(1)
-        raise
     stats["resumed_chunks"] = len(done)
     every = comm.gather(stats, root=0)
     summary = None
     if comm.rank == 0:
-        merge_seconds = time.perf_counter()
-        rs.merge_results([chunk_path(work, c) for c in range(n_chunks)], out, _attributes(settings))
-        shutil.rmtree(work, ignore_errors=True)
-        summary = _summary(every, time.perf_counter() - started, time.perf_counter() - merge_seconds, out, settings)
-        _record(out, summary)
+        with _abort_on_failure(comm):
+            merge_started = time.perf_counter()
+            rs.merge_results([chunk_path(work, c) for c in range(n_chunks)], out, _attributes(settings))
+            shutil.rmtree(work, ignore_errors=True)
+            summary = _summary(every, time.perf_counter() - started, time.perf_counter() - merge_started, out, settings)
+            _record(out, summary)
     summary = comm.bcast(summary, root=0)
     return summary_table(summary)
 
@@ -154,23 +150,53 @@ def _check_choices(weighting, forces, precision, save_forces, max_edges, chunk_s
         raise ConfigError(f"max_edges and chunk_size must be positive (got {max_edges}, {chunk_size})")
 
 
-def _load(checkpoint, heads, precision, device) -> tuple[Any, list[str]]:
+@contextlib.contextmanager
+def _abort_on_failure(comm: Any) -> Iterator[None]:
+    """Under MPI, a failure here prints its message and aborts the job, so no other rank waits forever."""
+    try:
+        yield
+    except BaseException as exc:
+        if comm.size > 1:
+            print(f"gfmkit screen: rank {comm.rank} failed: {exc}; aborting the job", file=sys.stderr, flush=True)
+            comm.Abort(1)
+        raise
+
+
+def _agreed(comm: Any, step: Any) -> Any:
+    """``step()`` on every rank; when it fails on any rank, every rank raises (its own error, or a
+    ConfigError naming the rank that failed), before any rank starts work."""
+    try:
+        value, error = step(), None
+    except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+        value, error = exc, str(exc)
+    errors = comm.allgather(error)
+    if error is not None:
+        raise value
+    failed = next((r for r, e in enumerate(errors) if e is not None), None)
+    if failed is not None:
+        raise ConfigError(f"rank {failed}: {errors[failed]}")
+    return value
+
+
+def _open(checkpoint, source, heads, weighting, precision, device) -> tuple[Any, list[str], Any]:
+    """The model (in the precision's dtype), the chosen energy heads and the opened source."""
     from gfmkit.models import load_model
 
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
     model = load_model(checkpoint, map_location=device).eval()
     model = model.double() if precision == "fp64" else model.float()
+    if weighting == "gate" and model.gate is None:
+        raise ConfigError(f"weighting 'gate': {checkpoint} has no gate (fit one with gfmkit.models.fit_head_gate, "
+                          "or use 'overlap')")
     energy_heads = [h.name for h in model.heads if h.kind == "energy"]
-    if heads == "all":
-        return model, energy_heads
     names = [heads] if isinstance(heads, str) else list(heads)
-    names = [n for part in names for n in str(part).split(",") if n]
+    names = energy_heads if heads == "all" else [n for part in names for n in str(part).split(",") if n]
     missing = [n for n in names if n not in energy_heads]
     if missing or not names:
         raise ConfigError(f"head(s) {', '.join(missing) or '(none)'} not in {checkpoint}; its energy heads: "
                           f"{', '.join(energy_heads)}")
-    return model, names
+    return model, names, open_source(source, elements=model_elements(model))
 
 
 def model_elements(model: Any) -> list[str]:
