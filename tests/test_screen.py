@@ -146,6 +146,21 @@ def test_screen_writes_one_row_per_structure_with_attributes(tiny_checkpoint, tm
     lowest, _ = top_hits(out, 2, "energy_per_atom", atoms=False)
     assert list(lowest["energy_per_atom"]) == sorted(table["energy_per_atom"])[:2]
 
+    # the demo's report of such a screen: strict JSON (no NaN) and markdown with the headline
+    import argparse
+    import json
+
+    import pandas as pd
+
+    from gfmkit.cli.demo import write_report
+
+    errors = pd.DataFrame({"dataset": ["bulk"], "energy_mae": [0.01], "forces_mae": [0.05], "property_mae": [np.nan]})
+    numbers = write_report(tmp_path, argparse.Namespace(steps=1, seed=0), errors, summary.attrs["summary"], lowest)
+    saved = json.loads((tmp_path / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert saved == json.loads(json.dumps(numbers, default=str)) and saved["screen"]["structures"] == 24
+    assert [row["source_index"] for row in saved["top_hits"]] == list(lowest["source_index"])
+    assert numbers["headline"] in (tmp_path / "report.md").read_text()
+
     info = run_cli("data", "info", out, "--json")
     assert info.returncode == 0 and '"structures": 24' in info.stdout
     with pytest.raises(ConfigError, match="predictions, not structures"):

@@ -124,18 +124,18 @@ def write_report(root: Path, args: argparse.Namespace, errors: Any, screened: di
     headline = (f"Screened {screened['structures']} random structures (2-64 atoms) through the weighted multi-head "
                 f"model in {screened['seconds']:.1f} s: {screened['structures_per_s']:.0f} structures/s on "
                 f"{screened['ranks']} rank(s), weighted forces on.")
-    columns = ["dataset", *[c for c in errors.columns if c.endswith("_mae")]]
+    errors = errors[["dataset", *[c for c in errors.columns if c.endswith("_mae")]]].dropna(axis=1, how="all")
     top = hits[["source_index", "formula", "natoms", "energy_per_atom", "disagreement", "max_force"]]
     numbers = {
         "headline": headline, "steps": args.steps, "seed": args.seed,
-        "test_errors": errors[columns].round(5).to_dict(orient="records"),
+        "test_errors": errors.round(5).astype(object).where(errors.notna(), None).to_dict(orient="records"),
         "screen": {k: screened[k] for k in ("structures", "seconds", "structures_per_s", "ranks", "data_share",
                                             "model_share", "write_share", "results")},
         "top_hits": top.round(5).to_dict(orient="records"),
     }
     lines = ["# gfmkit demo", "", f"**{headline}**", "",
              "![screening throughput](figures/screen_throughput.png)", "",
-             "## Test-split errors, each pretraining dataset under its own head", "", _markdown(errors[columns]), "",
+             "## Test-split errors, each pretraining dataset under its own head", "", _markdown(errors), "",
              "## Lowest weighted energy per atom among the screened structures", "", _markdown(top), "",
              "![datasets](figures/datasets.png)", "",
              (f"Results store: `{screened['results']}` (`gfmkit data info` reads it); evaluation tables and figures "
@@ -147,7 +147,13 @@ def write_report(root: Path, args: argparse.Namespace, errors: Any, screened: di
 
 def _markdown(frame: Any) -> str:
     """A pandas table as a markdown table (numbers to 4 significant digits)."""
-    rows = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
-    header = [str(c) for c in frame.columns]
+    import pandas as pd
+
+    from gfmkit.cli.common import HEADERS
+
+    units = {**HEADERS, "disagreement": "disagreement (eV/atom)", "max_force": "max |F| (eV/Å)"}
+    rows = [["-" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+            for row in frame.itertuples(index=False)]
+    header = [units.get(c, c).replace("|", "\\|") for c in frame.columns]
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(r) + " |" for r in rows])
