@@ -206,8 +206,11 @@ def train_one(task: dict[str, Any]) -> dict[str, Any]:
     from gfmkit.train.state import EMA, Schedule
 
     torch.set_num_threads(task["threads"])
-    cached = torch.load(task["graphs"], weights_only=False)  # this script's own file (PyG graphs)
-    graphs, head = cached["graphs"], HeadConfig(**cached["head"])
+    from torch_geometric.data import Data
+
+    cached = torch.load(task["graphs"], weights_only=True)  # plain tensors: graphs are stored as dicts
+    graphs = {split: [Data.from_dict(g) for g in items] for split, items in cached["graphs"].items()}
+    head = HeadConfig(**cached["head"])
     torch.manual_seed(task["seed"])
     if task["model"] == "schnetpack":
         model = SchnetpackPotential(head, task.get("basis", "gaussian"))
@@ -341,7 +344,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         directory, _ = demo_data(args.data, f"accuracy_{demo}_s{scale}", [demo], scale)
         graphs, head = load_split_graphs(directory / f"{demo}.bp")
         stores[name] = str(directory / "graphs.pt")  # built once here; each run loads them
-        torch.save({"graphs": graphs, "head": dataclasses.asdict(head)}, stores[name])
+        plain = {split: [g.to_dict() for g in items] for split, items in graphs.items()}
+        torch.save({"graphs": plain, "head": dataclasses.asdict(head)}, stores[name])
     tasks = []
     for dataset, graphs_path in stores.items():
         for steps in budgets:
