@@ -53,12 +53,10 @@ def test_streamed_fit_equals_the_dense_one(demo_stores, monkeypatch, name):
     store = demo_stores.store(name)
     references, shift, scale = dense_fit(store)
     monkeypatch.setattr(statistics, "CHUNK", 7)  # many chunks, so chunk edges are exercised
-    train = store.split_indices("train")
-    bounds = np.linspace(0, len(train), 3).round().astype(int)  # the ranks' contiguous shares
-    shares = [train[bounds[r] : bounds[r + 1]] for r in range(2)]
+    shards = [store.shard(rank, 2) for rank in range(2)]  # what each of two ranks holds
     forces = keys.FORCES in store.targets
-    two_ranks = [fit_energy_head(store, comm=FakeRank(rank, energy_moments(store, shares[1 - rank], 100, forces=forces)))
-                 for rank in range(2)]
+    other = [energy_moments(s, s.split_indices("train"), 100, forces=forces) for s in shards]
+    two_ranks = [fit_energy_head(shards[rank], comm=FakeRank(rank, other[1 - rank])) for rank in range(2)]
     for head in [fit_energy_head(store), *two_ranks]:
         if store.reference_energies is None:
             assert head.reference_energies.keys() == references.keys()

@@ -139,10 +139,12 @@ class MultiStore:
 
 
 def open_stores(
-    paths: Iterable[str | os.PathLike], *, registry: DatasetRegistry | None = None, preload: bool = False
+    paths: Iterable[str | os.PathLike], *, registry: DatasetRegistry | None = None, preload: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> MultiStore:
-    """Open stores (files, or directories holding ``*.bp`` stores) as one :class:`MultiStore`."""
-    return MultiStore([open_store(p, preload=preload) for p in store_paths(paths)], registry=registry)
+    """Open stores (files, or directories holding ``*.bp`` stores) as one :class:`MultiStore`;
+    ``shard=(rank, size)``: only that rank's contiguous share of each store."""
+    return MultiStore([open_store(p, preload=preload, shard=shard) for p in store_paths(paths)], registry=registry)
 
 
 def store_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:

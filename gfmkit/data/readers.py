@@ -44,13 +44,21 @@ def store_format(path: str | os.PathLike) -> str:
 
 
 def open_store(path: str | os.PathLike, *, preload: bool = False, dataset: str | None = None,
-               level_of_theory: str | None = None) -> Any:
+               level_of_theory: str | None = None, shard: tuple[int, int] | None = None) -> Any:
     """The store at ``path`` as one dataset: a :class:`~gfmkit.data.Store`, or a HydraGNN file's splits
-    joined (:class:`JoinedStore`). ``dataset`` and ``level_of_theory`` name a HydraGNN file's dataset."""
+    joined (:class:`JoinedStore`). ``dataset`` and ``level_of_theory`` name a HydraGNN file's dataset.
+    ``shard=(rank, size)`` opens only that rank's contiguous share of a gfmkit store: nothing of the
+    rest is read."""
     from gfmkit.data.hydragnn import HydraGNNStore
     from gfmkit.data.store_read import Store
 
     kind = store_format(path)
+    if shard is not None:
+        if kind != "gfmkit":
+            raise StoreError(f"{path}: sharded reading needs a gfmkit store; convert it first (gfmkit data convert)")
+        total = Store(path, start=0, stop=0).total  # the attributes only
+        bounds = np.linspace(0, total, shard[1] + 1).round().astype(int)
+        return Store(path, start=int(bounds[shard[0]]), stop=int(bounds[shard[0] + 1]), preload=preload)
     if kind == "gfmkit":
         return Store(path, preload=preload)
     if kind == "screen":  # screening results: rows of predictions, no structures (``gfmkit data info``)

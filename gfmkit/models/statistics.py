@@ -87,17 +87,15 @@ def energy_moments(store: Any, indices: np.ndarray, max_z: int, *, forces: bool)
 def fit_energy_head(store: Store, *, max_z: int = 100, split: str = "train", comm: Any = None) -> HeadConfig:
     """An energy head for ``store``'s dataset with references, scale and shift from its ``split``.
 
-    Streams over the split in chunks; with ``comm`` (MPI or any gfmkit comm), each rank sums the moments
-    of its contiguous share of the split and one all-reduce gives every rank the fit of the whole split.
+    Streams over the split in chunks; with ``comm`` (MPI or any gfmkit comm), ``store`` is this rank's
+    shard: each rank sums the moments of its own structures and one all-reduce gives every rank the fit
+    of the whole split.
     """
     indices = store.split_indices(split) if len(store.split_indices(split)) else np.arange(len(store))
     has_forces = keys.FORCES in store.targets
+    m = energy_moments(store, indices, max_z, forces=has_forces)
     if comm is not None and comm.size > 1:
-        bounds = np.linspace(0, len(indices), comm.size + 1).round().astype(int)
-        mine = energy_moments(store, indices[bounds[comm.rank] : bounds[comm.rank + 1]], max_z, forces=has_forces)
-        m = {k: np.asarray(comm.allreduce(v)) for k, v in mine.items()}
-    else:
-        m = energy_moments(store, indices, max_z, forces=has_forces)
+        m = {k: np.asarray(comm.allreduce(v)) for k, v in m.items()}
     present = np.flatnonzero(np.diag(m["ata"]))
     given = store.reference_energies
     if given:
@@ -126,11 +124,19 @@ def fit_energy_head(store: Store, *, max_z: int = 100, split: str = "train", com
     )
 
 
-def fit_property_head(store: Store, target: str, *, pooling: str = "mean", split: str = "train") -> HeadConfig:
-    """A graph-level property head (sum or mean pooling) scaled to the property's spread."""
+def fit_property_head(store: Store, target: str, *, pooling: str = "mean", split: str = "train",
+                      comm: Any = None) -> HeadConfig:
+    """A graph-level property head (sum or mean pooling) scaled to the property's spread; with ``comm``,
+    ``store`` is this rank's shard and the moments are summed over the ranks."""
     indices = store.split_indices(split) if len(store.split_indices(split)) else np.arange(len(store))
     values = store.column(fmt.PROPERTY_PREFIX + target)[indices]
     per_atom = values / store.natoms[indices] if pooling == "sum" else values
+    moments = np.array([len(per_atom), per_atom.sum(), (per_atom**2).sum()], dtype=np.float64)
+    if comm is not None and comm.size > 1:
+        moments = np.asarray(comm.allreduce(moments))
+    n, total, squares = moments
+    mean = total / n
+    std = float(np.sqrt(max(squares / n - mean**2, 0.0)))
     return HeadConfig(
         name=store.name,
         kind="property",
@@ -138,16 +144,16 @@ def fit_property_head(store: Store, target: str, *, pooling: str = "mean", split
         pooling=pooling,
         level_of_theory=store.level_of_theory,
         targets=[target],
-        scale=max(float(per_atom.std()), MIN_SCALE),
-        shift=float(per_atom.mean()),
+        scale=max(std, MIN_SCALE),
+        shift=float(mean),
     )
 
 
 def heads_from_stores(stores: MultiStore, *, max_z: int = 100, split: str = "train", pooling: str = "mean",
                       comm: Any = None) -> list[HeadConfig]:
     """One head per dataset, in registry order: energy heads where energy is declared, else a property
-    head on the dataset's first property target. With ``comm``, energy statistics are reduced over the
-    ranks, each summing its share of the split (for data no rank holds whole)."""
+    head on the dataset's first property target. With ``comm``, ``stores`` are this rank's shards and
+    every statistic is reduced over the ranks (data no rank holds whole)."""
     heads = []
     for name in stores.registry.names:
         store = stores.store(name)
@@ -155,5 +161,5 @@ def heads_from_stores(stores: MultiStore, *, max_z: int = 100, split: str = "tra
             heads.append(fit_energy_head(store, max_z=max_z, split=split, comm=comm))
         else:
             target = next(t for t in store.targets if t not in keys.POTENTIAL_TARGETS)
-            heads.append(fit_property_head(store, target, pooling=pooling, split=split))
+            heads.append(fit_property_head(store, target, pooling=pooling, split=split, comm=comm))
     return heads

@@ -36,6 +36,10 @@ from gfmkit.models.config import ModelConfig
 
 Precision = Literal["fp64", "fp32", "bf16-autocast", "bf16-pure"]
 
+#: Above this many structures (all stores together) ``data.distribution: auto`` shards the data over the
+#: ranks: replicated, each rank holds every structure's per-structure arrays (and, preloaded, its atoms).
+SHARD_ABOVE = 1_000_000
+
 
 @dataclass
 class DataConfig:
@@ -48,6 +52,10 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers building neighbour lists (0: in the training process)
     cache_graphs: bool = False  # keep every built training graph in memory (num_workers=0 only)
     val_batch_size: int = 32
+    # replicated: every rank can read every structure (N ranks take exactly 1 rank's step); sharded: each
+    # rank opens only its contiguous shard of every store and samples from it (data larger than a rank's
+    # memory); auto: sharded on several ranks once the stores hold more than SHARD_ABOVE structures
+    distribution: Literal["auto", "replicated", "sharded"] = "auto"
 
     def __post_init__(self) -> None:
         if not self.stores:

@@ -10,10 +10,13 @@ from typing import Any
 
 import torch
 
+from gfmkit.comm import world
 from gfmkit.config import config_to_dict, load_config
 from gfmkit.data.graphs import GraphDataset, make_loader
-from gfmkit.data.multi import DatasetRegistry, open_stores
+from gfmkit.data.multi import DatasetRegistry, open_stores, store_paths
+from gfmkit.data.readers import store_format
 from gfmkit.data.sampling import DatasetMixer, GlobalBatchSampler
+from gfmkit.data.store_read import Store
 from gfmkit.log import get_logger
 from gfmkit.models import build_model, load_model, read_checkpoint
 from gfmkit.models.config import HeadConfig, ModelConfig
@@ -22,6 +25,7 @@ from gfmkit.models.transfer import head_sources, transfer_weights
 from gfmkit.outputs import OutputError, check_run_dir
 from gfmkit.rundir import LAST_CHECKPOINT as LAST
 from gfmkit.rundir import RunDir
+from gfmkit.train.config import SHARD_ABOVE
 from gfmkit.train.signals import ignore_stop_signals
 from gfmkit.train.state import (
     seed_everything,
@@ -103,7 +107,9 @@ class TrainingSetup:
         policy's sensitive dtype."""
         config = self.config
         registry = DatasetRegistry(state["registry"]) if state is not None and "registry" in state else None
-        self.stores = open_stores(config.data.stores, registry=registry, preload=config.data.preload)
+        self.sharded = self._sharded()
+        shard = (self.dist.rank, self.dist.world_size) if self.sharded else None
+        self.stores = open_stores(config.data.stores, registry=registry, preload=config.data.preload, shard=shard)
         dtype = self.policy.sensitive_dtype
         cutoff = self.model_config.cutoff
         try:
@@ -125,7 +131,8 @@ class TrainingSetup:
         self.head_sources: dict[str, str | None] = {}
         if state is None:
             seed_everything(config.seed)
-            model = build_model(self.model_config, self.stores, split=config.data.train_split)
+            model = build_model(self.model_config, self.stores, split=config.data.train_split,
+                                comm=world() if self.sharded else None)
         else:
             model = MultiHeadPaiNN(self.model_config,
                                    [load_config(HeadConfig, h, where=str(checkpoint)) for h in state["heads"]])
@@ -160,18 +167,62 @@ class TrainingSetup:
         names = self.model.head_names
         check_dataset_names("sampler.weights", config.sampler.weights, names)
         weights = {names.index(k): v for k, v in config.sampler.weights.items()}
-        mixer = DatasetMixer(self.train_set.head, strategy=config.sampler.strategy, temperature=config.sampler.temperature,
-                             weights=weights or None, num_samples=config.sampler.samples_per_epoch, seed=config.seed)
-        edges = self.train_set.edge_counts() if config.sampler.max_edges is not None else None
-        self.sampler = GlobalBatchSampler(mixer, self.train_set.natoms, batch_size=config.sampler.batch_size,
-                                          max_atoms=config.sampler.max_atoms, max_edges=config.sampler.max_edges,
-                                          edges=edges, rank=self.dist.rank, world_size=self.dist.world_size)
+        if self.sharded:
+            self.sampler = self._shard_sampler(weights)
+        else:
+            mixer = DatasetMixer(self.train_set.head, strategy=config.sampler.strategy,
+                                 temperature=config.sampler.temperature, weights=weights or None,
+                                 num_samples=config.sampler.samples_per_epoch, seed=config.seed)
+            edges = self.train_set.edge_counts() if config.sampler.max_edges is not None else None
+            self.sampler = GlobalBatchSampler(mixer, self.train_set.natoms, batch_size=config.sampler.batch_size,
+                                              max_atoms=config.sampler.max_atoms, max_edges=config.sampler.max_edges,
+                                              edges=edges, rank=self.dist.rank, world_size=self.dist.world_size)
         source = CachedGraphs(self.train_set) if config.data.cache_graphs else self.train_set
         self.loader = make_loader(source, self.sampler, num_workers=config.data.num_workers)
         # The loader draws its workers' base seed from this generator, not from the global torch RNG,
         # which every new iterator (each epoch, and again after a resume) would otherwise advance.
         self.loader.generator = torch.Generator().manual_seed(config.seed)
         self.loader.worker_init_fn = ignore_stop_signals
+
+
+    def _sharded(self) -> bool:
+        """Whether this run reads the stores sharded over the ranks (``data.distribution``)."""
+        choice, size = self.config.data.distribution, self.dist.world_size
+        if choice == "auto":
+            if size == 1:
+                return False
+            total = sum(Store(p, start=0, stop=0).total for p in store_paths(self.config.data.stores)
+                        if store_format(p) == "gfmkit")
+            return total > SHARD_ABOVE
+        return choice == "sharded" and size > 1
+
+    def _shard_sampler(self, weights: dict[int, float]) -> GlobalBatchSampler:
+        """This rank's batches from its own shards: batch_size / ranks structures a step, each dataset's
+        shard drawn without replacement, as many steps on every rank."""
+        config, size = self.config.sampler, self.dist.world_size
+        batch = shard_batch_size(config, size)
+        local = self.dist.all_gather_object(len(self.train_set))
+        # every rank takes as many steps as the largest shard needs, so every structure of every shard is
+        # drawn at least once an epoch; a smaller shard repeats a few (at most the shards' size difference
+        # plus one batch), drawn without replacement within each dataset's pass
+        wanted = config.samples_per_epoch // size if config.samples_per_epoch else max(local)
+        draws = -(-wanted // batch) * batch
+        mixer = DatasetMixer(self.train_set.head, strategy=config.strategy, temperature=config.temperature,
+                             weights=weights or None, num_samples=draws,
+                             seed=self.config.seed + 1_000_003 * self.dist.rank)
+        return GlobalBatchSampler(mixer, self.train_set.natoms, batch_size=batch)
+
+
+def shard_batch_size(config: Any, ranks: int) -> int:
+    """Each rank's batch in sharded mode: the global ``batch_size`` split evenly (budgets of atoms or
+    edges would give the ranks different step counts, so they are refused)."""
+    if config.max_atoms is not None or config.max_edges is not None or config.batch_size is None:
+        raise TrainingError("data.distribution sharded batches by count: give sampler.batch_size, not "
+                            "max_atoms/max_edges (ranks must take the same number of steps)")
+    if config.batch_size % ranks:
+        raise TrainingError(f"data.distribution sharded: sampler.batch_size {config.batch_size} must be a "
+                            f"multiple of the {ranks} ranks")
+    return config.batch_size // ranks
 
 
 def check_dataset_names(section: str, given: Mapping[str, float], names: list[str]) -> None:

@@ -320,7 +320,9 @@ class Trainer(TrainingSetup, RunFiles):
     def _validation_batches(self) -> list:
         if self._val_batches is None:
             assert self.val_set is not None
-            mine = list(range(self.dist.rank, len(self.val_set), self.dist.world_size))
+            # sharded: a rank validates its own shard; replicated: every rank's share of the one split
+            mine = (list(range(len(self.val_set))) if self.sharded
+                    else list(range(self.dist.rank, len(self.val_set), self.dist.world_size)))
             size = self.config.data.val_batch_size
             self._val_batches = [collate([self.val_set[k] for k in mine[i : i + size]]).to(self.device)
                                  for i in range(0, len(mine), size)]
