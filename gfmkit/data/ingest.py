@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class IngestReport:
     skipped: list[Problem] = field(default_factory=list)
     path: Path | None = None
     source_offset: int = 0  # this rank's first input position (its share starts there)
+    seconds: float = 0.0  # wall time of the whole conversion (read, validate, write)
 
     def table(self) -> pd.DataFrame:
         """One row per problem of a skipped structure: source, index, field, message."""
@@ -44,7 +46,8 @@ class IngestReport:
 
     def __str__(self) -> str:
         skipped = len({(p.source, p.index) for p in self.skipped})
-        return f"{self.dataset}: read {self.read}, kept {self.kept}, skipped {skipped}"
+        rate = f" in {self.seconds:.1f} s ({self.read / self.seconds:.0f} structures/s)" if self.seconds else ""
+        return f"{self.dataset}: read {self.read}, kept {self.kept}, skipped {skipped}{rate}"
 
 
 def read_structures(
@@ -159,6 +162,7 @@ def convert(
     comm = comm or SerialComm()
     out = Path(out)
     agree(comm, lambda: check_store_output(out, overwrite=overwrite))
+    started = time.perf_counter()
     work = agree(comm, lambda: temporary_directory(out))
     try:
         spill = Spill(work / "spill", comm.rank)
@@ -169,6 +173,7 @@ def convert(
             shutil.rmtree(work, ignore_errors=True)  # the spilled chunks: nothing of a failed conversion stays
         raise
     report.path = write_spilled(spill.chunks, report.source_offset, out, spec, work, comm=comm, engine=engine)
+    report.seconds = time.perf_counter() - started
     return report
 
 
