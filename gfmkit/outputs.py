@@ -155,12 +155,8 @@ def check_folder_files(folder: str | os.PathLike, names: Iterable[str], *, overw
     """Check that the files ``names`` can be written into ``folder`` (missing, or an existing directory
     whose same-named files are replaced only with ``overwrite``; a directory of such a name never)."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} is a file, not a directory")
-    if not folder.exists():
-        check_parent(folder)
+    if not _writable_folder(folder, "a directory"):
         return folder
-    check_parent(folder / "x")
     present = [n for n in names if (folder / n).exists()]
     if any((folder / n).is_dir() for n in present):
         raise OutputError(f"{folder / next(n for n in present if (folder / n).is_dir())} is a directory; "
@@ -169,6 +165,15 @@ def check_folder_files(folder: str | os.PathLike, names: Iterable[str], *, overw
         raise OutputError(f"{folder} already holds {', '.join(present)}; pass --overwrite (overwrite=True) "
                           "to replace them, or choose another directory")
     return folder
+
+
+def _writable_folder(folder: Path, what: str) -> bool:
+    """Whether ``folder`` exists (a directory gfmkit can write into); a file in its place, or a parent
+    that cannot take it, is an OutputError. Creates nothing."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file, not {what}")
+    check_parent(folder / "x" if folder.exists() else folder)
+    return folder.exists()
 
 
 # -- run directories ----------------------------------------------------------------------------------
@@ -188,12 +193,8 @@ def check_run_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Check that a training run may write into ``path`` (see module doc); with ``overwrite`` on a gfmkit
     run directory, remove the files its trainer wrote (and nothing else). Returns ``path``."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{path} is a file, not a run directory")
-    if not path.exists():
-        check_parent(path)
+    if not _writable_folder(path, "a run directory"):
         return path
-    check_parent(path / "x")
     if not any(path.iterdir()):
         return path
     if not is_run_dir(path):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gfmkit.data.ranged import locate
 from gfmkit.data.readers import open_store
 from gfmkit.data.store_read import Store, StoreError
 from gfmkit.data.structure import Structure
@@ -99,10 +100,7 @@ class MultiStore:
 
     def locate(self, index: int) -> tuple[int, int]:
         """(position of the store in ``self.stores``, index within that store) of global ``index``."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"structure {index} out of range ({len(self)} structures)")
-        k = int(np.searchsorted(self.bounds, index, side="right") - 1)
-        return k, index - int(self.bounds[k])
+        return locate(self.bounds, index)
 
     def __getitem__(self, index: int) -> Structure:
         k, i = self.locate(index)

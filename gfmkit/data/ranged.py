@@ -149,6 +149,15 @@ class RangedStore:
         return state
 
 
+def locate(bounds: np.ndarray, index: int) -> tuple[int, int]:
+    """(part, index within it) of structure ``index`` of parts laid end to end, ``bounds`` being their
+    cumulative sizes from 0; an IndexError outside them."""
+    if not 0 <= index < bounds[-1]:
+        raise IndexError(f"structure {index} out of range ({int(bounds[-1])} structures)")
+    k = int(np.searchsorted(bounds, index, side="right") - 1)
+    return k, index - int(bounds[k])
+
+
 def adios_message(exc: BaseException) -> str:
     """An ADIOS2 exception's text in one line, without its terminal colour codes and timestamps."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))

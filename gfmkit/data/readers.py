@@ -16,7 +16,13 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from gfmkit.data import store_format as fmt
-from gfmkit.data.ranged import RangedStore, adios_message, periodicity, split_selection
+from gfmkit.data.ranged import (
+    RangedStore,
+    adios_message,
+    locate,
+    periodicity,
+    split_selection,
+)
 from gfmkit.data.store_check import check_store_files
 from gfmkit.data.store_format import StoreError
 from gfmkit.data.structure import Structure
@@ -132,11 +138,8 @@ class JoinedStore:
         return int(self.bounds[-1])
 
     def _locate(self, index: int) -> tuple[RangedStore, int]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"structure {index} out of range for {self.path} ({len(self)} structures)")
-        index %= len(self)
-        k = int(np.searchsorted(self.bounds, index, side="right") - 1)
-        return self.parts[k], index - int(self.bounds[k])
+        k, i = locate(self.bounds, index + len(self) if index < 0 else index)
+        return self.parts[k], i
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
         part, i = self._locate(index)

@@ -23,6 +23,7 @@ from ase import Atoms
 
 from gfmkit.config import ConfigError
 from gfmkit.data.random_source import PREFIX, RandomSource, parse_random_spec
+from gfmkit.data.ranged import locate
 from gfmkit.data.sources import expand_pattern, units_of
 
 
@@ -97,10 +98,8 @@ class ChainedSource:
         return int(self.bounds[-1])
 
     def _locate(self, index: int) -> tuple[Any, int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"structure {index} out of range ({len(self)} structures)")
-        k = int(np.searchsorted(self.bounds, index, side="right") - 1)
-        return self.parts[k], index - int(self.bounds[k])
+        k, i = locate(self.bounds, index)
+        return self.parts[k], i
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
         part, i = self._locate(index)
