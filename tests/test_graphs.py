@@ -15,7 +15,13 @@ from structures import emt_structures
 from gfmkit.data import DatasetSpec, Store, structure_from_atoms, write_store
 from gfmkit.data.graphs import GraphDataset, collate, make_loader, structure_graph
 from gfmkit.data.neighbours import neighbour_list
-from gfmkit.data.sampling import DatasetMixer, GlobalBatchSampler, dataset_probabilities
+from gfmkit.data.sampling import (
+    DatasetMixer,
+    GlobalBatchSampler,
+    dataset_probabilities,
+    draw_counts,
+    sampling_plan,
+)
 
 
 def edge_set(edge_index, shift):
@@ -176,6 +182,19 @@ def test_sampler_frequencies_within_binomial_intervals(strategy, options, expect
     for count, p in zip(counts, expected):
         low, high = binom.interval(0.999, 20_000, p)
         assert low <= count <= high, (strategy, counts, expected)
+
+
+def test_proportional_epoch_draws_every_structure_once_and_strategies_get_exact_shares():
+    groups = np.repeat([2, 0, 1], [7, 50, 13])  # datasets need not be numbered in store order
+    once = DatasetMixer(groups, seed=4).sequence(2)
+    assert sorted(once.tolist()) == list(range(len(groups)))
+    mixer = DatasetMixer(groups, strategy="temperature", temperature=3.0, num_samples=1001, seed=4)
+    counts = np.bincount(groups[mixer.sequence(0)], minlength=3)
+    share = mixer.probabilities * 1001
+    assert counts.sum() == 1001 and np.all(np.abs(counts - share) < 1)
+    assert np.array_equal(counts, draw_counts(mixer.probabilities, 1001))
+    plan = sampling_plan({"a": 50, "b": 13, "c": 7}, "temperature", temperature=3.0, num_samples=1001)
+    assert plan["draws_per_epoch"].sum() == 1001 and np.array_equal(plan["draws_per_epoch"], counts)
 
 
 def test_sampler_is_seeded_and_exhausts_each_dataset_before_repeating():

@@ -43,8 +43,14 @@ def test_two_ranks_read_only_their_shards(run_mpi, demo_dir, tmp_path):
         assert first["read"][k] + second["read"][k] == len(store)
     # the same number of steps on both ranks; a rank's epoch draws its own shard without replacement
     assert first["steps"] == second["steps"] == -(-max(first["train"], second["train"]) // 4)
+    # proportional mixing: every structure of a rank's shard is drawn in the epoch, and the shards are disjoint,
+    # so across the ranks every training structure is drawn
+    def drawn_in_store(rank):  # (dataset, index in the whole store) of each draw
+        return {(head, rank["ranges"][head][0] + index) for head, index in rank["drawn"]}
+
+    assert not drawn_in_store(first) & drawn_in_store(second)
     for rank in (first, second):
-        assert set(rank["draws"]) <= set(range(rank["train"])) and len(rank["draws"]) >= rank["train"]
+        assert set(rank["draws"]) == set(range(rank["train"])) and len(rank["draws"]) >= rank["train"]
         by_dataset: dict[int, list[int]] = {}
         for draw, (head, _) in zip(rank["draws"], rank["drawn"]):
             by_dataset.setdefault(head, []).append(draw)

@@ -56,12 +56,26 @@ def dataset_probabilities(
     return raw / raw.sum()
 
 
+def draw_counts(probabilities: Sequence[float], num_samples: int) -> np.ndarray:
+    """How many of ``num_samples`` draws each dataset gets: ``probabilities * num_samples`` rounded by
+    largest remainders, so the counts add up to ``num_samples`` and each is within one of its share."""
+    share = np.asarray(probabilities, dtype=np.float64) * num_samples
+    counts = np.floor(share + 1e-9).astype(np.int64)
+    short = int(num_samples - counts.sum())
+    if short > 0:
+        counts[np.argsort(-(share - counts), kind="stable")[:short]] += 1
+    return counts
+
+
 class DatasetMixer:
     """A seeded sequence of item indices mixing datasets by a strategy.
 
-    ``groups[k]`` is item k's dataset (e.g. ``GraphDataset.head``). Each draw picks a dataset with
-    :func:`dataset_probabilities`, then that dataset's next item from a shuffled pass over it (a new
-    shuffle after every pass), so within a dataset nothing repeats before everything was seen.
+    ``groups[k]`` is item k's dataset (e.g. ``GraphDataset.head``). An epoch of ``num_samples`` draws
+    gives each dataset exactly its share (:func:`draw_counts` of :func:`dataset_probabilities`; a
+    stratified draw, so a small dataset's share does not vary from epoch to epoch), takes that many of
+    its items from shuffled passes over it (a new shuffle after every pass: nothing repeats before
+    everything was seen) and shuffles all draws together. With the proportional strategy and the default
+    ``num_samples`` every item is drawn exactly once an epoch.
     """
 
     def __init__(
@@ -75,8 +89,13 @@ class DatasetMixer:
         seed: int = 0,
     ):
         self.groups = np.asarray(groups, dtype=np.int64)
-        self.group_ids = np.unique(self.groups)
-        self.members = [np.flatnonzero(self.groups == g) for g in self.group_ids]
+        if len(self.groups) and self.groups.min() < 0:
+            raise ValueError("dataset indices (groups) must be non-negative")
+        sizes = np.bincount(self.groups) if len(self.groups) else np.zeros(0, dtype=np.int64)
+        self.group_ids = np.flatnonzero(sizes)
+        # one stable sort (linear on the usual dataset-after-dataset layout) instead of a pass per dataset
+        by_group = np.argsort(self.groups, kind="stable")
+        self.members = np.split(by_group, np.cumsum(sizes[self.group_ids])[:-1])
         if isinstance(weights, Mapping):
             weights = [float(weights.get(int(g), 0.0)) for g in self.group_ids]
         self.probabilities = dataset_probabilities(
@@ -85,19 +104,32 @@ class DatasetMixer:
         self.num_samples = len(self.groups) if num_samples is None else int(num_samples)
         self.seed = seed
 
+    def counts(self) -> np.ndarray:
+        """Draws per dataset in every epoch (in the order of ``group_ids``)."""
+        return draw_counts(self.probabilities, self.num_samples)
+
     def sequence(self, epoch: int = 0) -> np.ndarray:
         """The epoch's ``num_samples`` item indices (the same for every rank count)."""
         rng = np.random.default_rng([self.seed, epoch])
-        choice = rng.choice(len(self.members), size=self.num_samples, p=self.probabilities)
+        counts = self.counts()
+        # which dataset each draw comes from: exactly its count, in random order ...
+        small = np.int16 if len(counts) < 2**15 else np.int32
+        label = rng.permutation(np.repeat(np.arange(len(counts), dtype=small), counts))
+        # ... and each dataset's draws in order along the sequence (a stable radix sort of small labels)
+        positions = np.argsort(label, kind="stable")
+        draws = [_passes(rng, members, count) for members, count in zip(self.members, counts)]
         out = np.empty(self.num_samples, dtype=np.int64)
-        for g, members in enumerate(self.members):
-            where = np.flatnonzero(choice == g)
-            if len(where) == 0:
-                continue
-            passes = -(-len(where) // len(members))
-            order = np.concatenate([rng.permutation(members) for _ in range(passes)])
-            out[where] = order[: len(where)]
+        out[positions] = np.concatenate(draws) if draws else []
         return out
+
+
+def _passes(rng: np.random.Generator, members: np.ndarray, count: int) -> np.ndarray:
+    """``count`` items of ``members`` from consecutive shuffled passes over them."""
+    passes = -(-count // len(members)) if count else 0
+    if passes <= 1:
+        return rng.permutation(members)[:count]
+    # many passes over a small dataset: one shuffle per row, all at once
+    return rng.permuted(np.tile(members, (passes, 1)), axis=1).ravel()[:count]
 
 
 class GlobalBatches(Sequence):
@@ -231,7 +263,7 @@ def sampling_plan(
     weights: Mapping[str, float] | None = None,
     num_samples: int | None = None,
 ) -> pd.DataFrame:
-    """Per dataset: size, draw probability, expected draws per epoch and passes over the dataset.
+    """Per dataset: size, draw probability, draws per epoch (:func:`draw_counts`) and passes over it.
 
     ``passes`` > 1 means the dataset's structures repeat within an epoch (over-sampling), < 1 that
     some are not seen (under-sampling); ``num_samples`` defaults to the total size.
@@ -242,7 +274,7 @@ def sampling_plan(
     n = np.array([sizes[k] for k in names], dtype=np.float64)
     w = None if weights is None else [float(weights.get(k, 0.0)) for k in names]
     p = dataset_probabilities(n, strategy, temperature=temperature, weights=w)
-    draws = p * (n.sum() if num_samples is None else num_samples)
+    draws = draw_counts(p, int(n.sum()) if num_samples is None else int(num_samples)).astype(np.float64)
     return pd.DataFrame(
         {"dataset": names, "structures": n.astype(int), "share": n / n.sum(), "probability": p,
          "draws_per_epoch": draws, "passes": np.divide(draws, n, out=np.zeros_like(n), where=n > 0)}
