@@ -22,8 +22,8 @@ objective       column                     what it is (minimised unless said)
 
 Every trial records all five, whichever are searched. The timing pass runs after the trial's training,
 on the first structures of the validation split (the same structures for every trial), one warm-up
-call then the fastest of ``repeats`` timed calls; timing passes of one search never overlap (a lock
-file in the search directory), but a pass still shares the machine with trials that are training
+call then the fastest of ``repeats`` timed calls; timing passes of one search never overlap on a node (a lock
+file in the node's temporary directory), but a pass still shares the machine with trials that are training
 at the time. With several trials at a time on one node the timings are noisy: search ``flops``
 instead, or run one trial per node.
 """
@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -105,6 +107,13 @@ def kept_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     val = [r for r in records if r.get("phase") == "val"]
     best = [r for r in val if r.get("best")]
     return (best or val or [None])[-1]
+
+
+def timing_lock(out: str | os.PathLike) -> Path:
+    """The lock file of a search's timing passes: node-local (the temporary directory), so that passes on one
+    node never overlap while other nodes' go on, and no shared file system needs to support locks."""
+    digest = hashlib.sha1(str(Path(out).absolute()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"gfmkit-hpo-timing-{digest}.lock"
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from gfmkit.hpo.objectives import MEASURES, OBJECTIVES, check_objectives, from_d
 from gfmkit.hpo.space import check_space, search_problem, set_path
 from gfmkit.hpo.trials import run_trial, set_aside_unfinished, trial_dir
 from gfmkit.log import get_logger
-from gfmkit.studies.runs import open_study, read_study
+from gfmkit.studies.runs import on_rank_0, open_study, read_study
 
 __all__ = ["best_config", "best_trial", "hpo_table", "pareto_table", "run_hpo", "run_trial", "trial_dir"]
 
@@ -97,11 +97,16 @@ def run_hpo(
     out = Path(out).absolute()
     settings = {"config": base, "space": space, **({"objectives": list(objectives)} if objectives != ("loss",) else {})}
     open_study(out, STUDY, settings, grows=[], command=COMMAND)
-    reported = pd.read_csv(out / RESULTS)["job_id"].tolist() if comm.rank == 0 and (out / RESULTS).is_file() else []
-    remaining = comm.bcast(max_evals - len(reported), root=0)
+    def prepare() -> tuple[list[int], list[dict[str, Any]]]:
+        reported = pd.read_csv(out / RESULTS)["job_id"].tolist() if (out / RESULTS).is_file() else []
+        return reported, set_aside_unfinished(out, reported, list(space)) if len(reported) < max_evals else []
+
+    prepared: dict[str, Any] = {}
+    on_rank_0(lambda: prepared.update(done=prepare()))  # an error there is raised on every rank
+    reported, unfinished = comm.bcast(prepared.get("done"), root=0)
+    remaining = max_evals - len(reported)
     if remaining <= 0:
         return hpo_table(out)
-    unfinished = set_aside_unfinished(out, reported, list(space)) if comm.rank == 0 else []
     run_function = functools.partial(run_trial, base={**base, "progress": False}, out=str(out), objectives=objectives,
                                      timing_structures=timing_structures)
 

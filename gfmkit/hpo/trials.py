@@ -24,13 +24,12 @@ from typing import Any
 
 from gfmkit.comm import SerialComm, use_world
 from gfmkit.config import config_to_dict
-from gfmkit.hpo.objectives import MEASURES, to_deephyper, trial_measures
+from gfmkit.hpo.objectives import MEASURES, timing_lock, to_deephyper, trial_measures
 from gfmkit.hpo.space import set_path
 from gfmkit.log import get_logger
 
 log = get_logger(__name__)
 TRAININGS = "trainings.jsonl"
-TIMING_LOCK = "timing.lock"
 UNFINISHED = "unfinished-"
 
 
@@ -185,7 +184,7 @@ def train_trial(job_id: str, parameters: Mapping[str, Any], *, base: Mapping[str
     try:
         measures = trial_measures(run_dir, stores=config.data.stores, split=str(config.data.val_split),
                                   precision=config.precision, device=dist.device, structures=timing_structures,
-                                  lock_file=Path(out) / TIMING_LOCK)
+                                  lock_file=timing_lock(out))
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         log.warning("trial %s: no measures: %s", run_dir.name, exc)
         return "F_no_measures"
