@@ -106,3 +106,39 @@ def test_objectives_spaces_and_errors(demo_dir):
         default_space("nonesuch")
     with pytest.raises(ValueError, match="evaluator"):
         run_hpo(tiny(demo_dir), SPACE, demo_dir / "never", evaluator="slurm")
+
+
+class StandInEngines:
+    """What the search uses of a gfmkit EngineCluster: ``n_engines`` and a load-balanced view whose
+    ``apply_async`` returns a future (as ipyparallel's AsyncResult is), here run on threads; the first
+    call fails the way a trial's exception on an engine does."""
+
+    def __init__(self, n: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.n_engines, self.calls = n, []
+        self.pool = ThreadPoolExecutor(n)
+        self.client = self
+
+    def load_balanced_view(self):
+        return self
+
+    def apply_async(self, fn, *args, **kwargs):
+        from ipyparallel.error import RemoteError
+
+        self.calls.append(dict(args[0].parameters))
+        if len(self.calls) == 1:
+            def fail():
+                raise RemoteError("MemoryError", "the engine ran out of memory", "")
+
+            return self.pool.submit(fail)
+        return self.pool.submit(fn, *args, **kwargs)
+
+
+def test_trials_on_engines(demo_dir, tmp_path):
+    engines = StandInEngines(2)
+    table = run_hpo(tiny(demo_dir), {"optimizer.lr": [1e-3, 1e-2, "log-uniform"]}, tmp_path / "search", max_evals=3,
+                    objectives=["error", "params"], evaluator=engines, initial_points=3)
+    assert len(engines.calls) == 3 and list(table["status"]).count("failed") == 1
+    assert sorted(table["optimizer.lr"]) == pytest.approx(sorted(c["optimizer.lr"] for c in engines.calls))
+    assert len(trainings(tmp_path / "search")) == 2

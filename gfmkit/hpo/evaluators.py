@@ -2,6 +2,9 @@
 
 * ``thread`` / ``process``: ``workers`` trials at a time in this process's threads or in processes of
   this machine (DeepHyper's thread and process evaluators); each trial trains alone.
+* ``cluster:PROFILE`` (or a running :class:`gfmkit.cluster.EngineCluster`): trials on ipyparallel engines
+  started from the profile (and stopped after the search) or already running, one trial per engine at
+  a time, each alone (:mod:`gfmkit.hpo.engines`).
 * ``mpi``: under ``mpiexec -n N`` / ``srun`` every rank calls :func:`gfmkit.hpo.run_hpo`. Rank 0 runs
   the search (DeepHyper's ``MPICommEvaluator``); the other N-1 ranks form groups of
   ``ranks_per_trial`` consecutive ranks, each group one trial at a time: (N-1)/k trials at once. A
@@ -33,14 +36,17 @@ def trial_group() -> Any:
     return _GROUP
 
 
-def parse_evaluator(spec: str) -> tuple[str, str | None]:
-    """``thread``, ``process``, ``mpi`` or ``cluster:PROFILE`` as (kind, profile)."""
+def parse_evaluator(spec: Any) -> tuple[str, Any]:
+    """``thread``, ``process``, ``mpi``, ``cluster:PROFILE`` or a running :class:`gfmkit.cluster.EngineCluster`
+    as (kind, None / profile name / the cluster)."""
+    if hasattr(spec, "client") and hasattr(spec, "n_engines"):
+        return "cluster", spec
     kind, _, profile = str(spec).partition(":")
-    if kind == "cluster":
-        raise ValueError("evaluator 'cluster:PROFILE' (trials on gfmkit's ipyparallel engines) is not built yet; "
-                         "start the engines' job with mpiexec and use --evaluator mpi (docs/search.md)")
+    if kind == "cluster" and profile:
+        return kind, profile
     if kind not in EVALUATORS or profile:
-        raise ValueError(f"evaluator must be one of {', '.join(EVALUATORS)} (or cluster:PROFILE), got {spec!r}")
+        raise ValueError(f"evaluator must be one of {', '.join(EVALUATORS)}, cluster:PROFILE or an EngineCluster, "
+                         f"got {spec!r}")
     return kind, None
 
 

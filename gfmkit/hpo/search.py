@@ -53,7 +53,7 @@ def run_hpo(
     *,
     max_evals: int = 10,
     objectives: str | Sequence[str] = ("loss",),
-    evaluator: str = "thread",
+    evaluator: Any = "thread",
     workers: int = 1,
     ranks_per_trial: int = 1,
     method: str | None = None,
@@ -66,18 +66,20 @@ def run_hpo(
     ``config`` is a :class:`~gfmkit.train.TrainConfig`, YAML path or mapping and must validate (every
     trial trains at most its ``max_steps``; its ``val_split`` gives the errors and the timing batch).
     ``objectives``: names of :data:`gfmkit.hpo.objectives.OBJECTIVES` (a list or "error,throughput").
-    ``evaluator``: ``thread`` or ``process`` (``workers`` trials at a time on this machine) or ``mpi``
-    (every rank of ``mpiexec -n N`` calls this; trials of ``ranks_per_trial`` ranks each: see
-    :mod:`gfmkit.hpo.evaluators`); ``method`` is the older name of ``evaluator``. ``initial_points``
+    ``evaluator``: ``thread`` or ``process`` (``workers`` trials at a time on this machine), ``mpi``
+    (every rank of ``mpiexec -n N`` calls this; trials of ``ranks_per_trial`` ranks each), or
+    ``cluster:PROFILE`` / a running :class:`gfmkit.cluster.EngineCluster` (one trial per ipyparallel
+    engine at a time): see :mod:`gfmkit.hpo.evaluators`; ``method`` is the older name of ``evaluator``. ``initial_points``
     random trials come before the surrogate model steers (DeepHyper's default when None);
     ``timing_structures`` structures make the timing batch.
     """
     from gfmkit.hpo.backend import deephyper
     from gfmkit.train import load_train_config
+    from gfmkit.train.config import resolve_paths
 
     _, CBO, Evaluator = deephyper()
 
-    kind, _ = parse_evaluator(method or evaluator)
+    kind, where = parse_evaluator(method or evaluator)
     objectives = check_objectives(objectives)
     if max_evals < 1 or workers < 1 or ranks_per_trial < 1 or timing_structures < 1:
         raise ValueError("max_evals, workers, ranks_per_trial and timing_structures must be positive")
@@ -89,7 +91,9 @@ def run_hpo(
                            "the same directory; use evaluator 'mpi' (gfmkit hpo --evaluator mpi)")
     if kind != "mpi" and ranks_per_trial > 1:
         raise ValueError("trials of several ranks need the mpi evaluator (under mpiexec)")
-    base = config_to_dict(load_train_config(config))
+    loaded = load_train_config(config)
+    # engines may start elsewhere: relative store paths are made absolute (other evaluators keep the config as given)
+    base = config_to_dict(resolve_paths(loaded, Path.cwd()) if kind == "cluster" else loaded)
     if not base["data"].get("val_split"):
         raise ValueError("the search needs a validation split (data.val_split) for its objectives")
     space = dict(space)
@@ -121,11 +125,32 @@ def run_hpo(
     if kind == "mpi":
         mpi_search(comm, ranks_per_trial, run_function, make_search, remaining, job_cap, base={**base, "progress": False},
                    out=str(out), objectives=objectives, timing_structures=timing_structures)
+    elif kind == "cluster":
+        _engine_search(where, run_function, make_search, remaining, job_cap)
     else:
         created = Evaluator.create(run_function, method=kind, method_kwargs={"num_workers": workers})
         created.set_maximum_num_jobs_submitted(job_cap)
         make_search().search(created, max_evals=remaining)
     return hpo_table(out)
+
+
+def _engine_search(cluster: Any, run_function: Any, make_search: Any, max_evals: int, job_cap: int) -> None:
+    """The search with its trials on ipyparallel engines: ``cluster`` running, or a profile's name (its
+    engines are started for the search and stopped after it)."""
+    from gfmkit.hpo.engines import engine_evaluator
+
+    owned = isinstance(cluster, str)
+    if owned:
+        from gfmkit.cluster import start
+
+        cluster = start(cluster)
+    try:
+        created = engine_evaluator(run_function, cluster)
+        created.set_maximum_num_jobs_submitted(job_cap)
+        make_search().search(created, max_evals=max_evals)
+    finally:
+        if owned:
+            cluster.stop()
 
 
 def _objective_values(results: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:

@@ -128,8 +128,14 @@ def same_trial(run_dir: Path, settings: Mapping[str, Any]) -> bool:
     return {k: v for k, v in saved.items() if k != "progress"} == {k: v for k, v in wanted.items() if k != "progress"}
 
 
+def failure(reason: str, objectives: Sequence[str]) -> str | tuple[str, ...]:
+    """A failed trial as DeepHyper takes it: ``F_reason``, once per objective when there are several
+    (a lone string first would make DeepHyper write a one-objective results.csv)."""
+    return reason if len(objectives) == 1 else (reason,) * len(objectives)
+
+
 def run_trial(job: Any, *, base: Mapping[str, Any], out: str, objectives: Sequence[str] = ("loss",),
-              timing_structures: int = 16) -> dict[str, Any] | str:
+              timing_structures: int = 16) -> dict[str, Any] | str | tuple[str, ...]:
     """DeepHyper's run function: train the base config with the job's values and measure the model
     (:mod:`gfmkit.hpo.objectives`). Module-level (its data bound by ``functools.partial``) so that the
     process and MPI evaluators can send it to their workers. Inside an MPI search, the trial trains on
@@ -145,7 +151,7 @@ def run_trial(job: Any, *, base: Mapping[str, Any], out: str, objectives: Sequen
 
 
 def train_trial(job_id: str, parameters: Mapping[str, Any], *, base: Mapping[str, Any], out: str,
-                objectives: Sequence[str], timing_structures: int, group: Any = None) -> dict[str, Any] | str:
+                objectives: Sequence[str], timing_structures: int, group: Any = None) -> dict[str, Any] | str | tuple[str, ...]:
     """Train one trial on ``group`` (None: this process alone, or the threads/processes evaluators) and,
     on its first rank, return DeepHyper's output: objectives and measures, or a failure ("F_...")."""
     from gfmkit.hpo.evaluators import group_distributed
@@ -166,7 +172,7 @@ def train_trial(job_id: str, parameters: Mapping[str, Any], *, base: Mapping[str
             verdict = ("ok", str(run_dir))
     verdict = group.bcast(verdict, root=0)
     if verdict[0] != "ok":
-        return verdict[0]
+        return failure(verdict[0], objectives)
     run_dir = Path(verdict[1])
     failed = None
     try:
@@ -178,18 +184,18 @@ def train_trial(job_id: str, parameters: Mapping[str, Any], *, base: Mapping[str
         log.warning("trial %s failed: %s", run_dir.name, exc)
         failed = "F_training_failed"
     if not lead:
-        return failed or "F_not_the_trial_lead"
+        return failure(failed or "F_not_the_trial_lead", objectives)
     if failed:
-        return failed
+        return failure(failed, objectives)
     try:
         measures = trial_measures(run_dir, stores=config.data.stores, split=str(config.data.val_split),
                                   precision=config.precision, device=dist.device, structures=timing_structures,
                                   lock_file=timing_lock(out))
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         log.warning("trial %s: no measures: %s", run_dir.name, exc)
-        return "F_no_measures"
+        return failure("F_no_measures", objectives)
     if not all(math.isfinite(measures[c]) for c in ("best_val_loss", "val_error")):
-        return "F_no_finite_validation_loss"
+        return failure("F_no_finite_validation_loss", objectives)
     return {"objective": to_deephyper(measures, objectives),
             "metadata": {"run_dir": str(run_dir), "precision": config.precision, "ranks": group.size,
                          **{k: measures[k] for k in MEASURES}}}
