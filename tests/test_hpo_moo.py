@@ -110,14 +110,15 @@ def test_objectives_spaces_and_errors(demo_dir):
 
 class StandInEngines:
     """What the search uses of a gfmkit EngineCluster: ``n_engines`` and a load-balanced view whose
-    ``apply_async`` returns a future (as ipyparallel's AsyncResult is), here run on threads; the first
-    call fails the way a trial's exception on an engine does."""
+    ``apply_async`` returns a future (as ipyparallel's AsyncResult is), here run one at a time on a thread
+    (concurrent trainings in threads of one process are not safe; engines are processes); the first call
+    fails the way a trial's exception on an engine does."""
 
     def __init__(self, n: int):
         from concurrent.futures import ThreadPoolExecutor
 
         self.n_engines, self.calls = n, []
-        self.pool = ThreadPoolExecutor(n)
+        self.pool = ThreadPoolExecutor(1)
         self.client = self
 
     def load_balanced_view(self):

@@ -128,6 +128,9 @@ def run_hpo(
     elif kind == "cluster":
         _engine_search(where, run_function, make_search, remaining, job_cap)
     else:
+        if kind == "thread" and workers > 1:
+            log.warning("%d trials at a time in threads of one process: concurrent trainings share torch's state "
+                        "and were seen to diverge or crash; use evaluator 'process' (or 'mpi')", workers)
         created = Evaluator.create(run_function, method=kind, method_kwargs={"num_workers": workers})
         created.set_maximum_num_jobs_submitted(job_cap)
         make_search().search(created, max_evals=remaining)
