@@ -32,18 +32,20 @@ def tiny(demo_dir: Path, **top) -> dict:
 @pytest.mark.mpi
 def test_trials_on_mpi_ranks_alone_and_in_groups_of_two(demo_dir, run_mpi, tmp_path):
     # one mpiexec -n 3 job, two searches: 6 two-objective trials of one rank each (2 at a time), then 2 trials
-    # of 2 ranks each (data-parallel on their own sub-communicator)
+    # of 2 ranks each (data-parallel on their own sub-communicator), the second through the command line
     config = tiny(demo_dir)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"optimizer.lr": [1e-3, 1e-2, "log-uniform"]}))
     run_mpi(f"""
     import torch
     torch.set_num_threads(1)
+    from gfmkit.cli import main
     from gfmkit.hpo import run_hpo
     run_hpo({config!r}, {SPACE!r}, {str(tmp_path / "alone")!r}, max_evals=6, objectives="error,throughput",
             evaluator="mpi", initial_points=4)
-    run_hpo({config!r}, {{"optimizer.lr": [1e-3, 1e-2, "log-uniform"]}}, {str(tmp_path / "pairs")!r}, max_evals=2,
-            objectives=["error", "params"], evaluator="mpi", ranks_per_trial=2)
-    emit("done")
-    """, n=3, timeout=240)
+    emit(main(["hpo", "config.yaml", "space.yaml", "--out", "pairs", "--max-evals", "2", "--objectives", "error,params",
+               "--evaluator", "mpi", "--ranks-per-trial", "2"]))
+    """, n=3, timeout=240, cwd=tmp_path)
     table = hpo_table(tmp_path / "alone")
     assert len(table) == 6 and (table["status"] == "done").all() and table["trial"].is_unique
     check_front(table)
@@ -55,6 +57,7 @@ def test_trials_on_mpi_ranks_alone_and_in_groups_of_two(demo_dir, run_mpi, tmp_p
 
     pairs = hpo_table(tmp_path / "pairs")
     assert len(pairs) == 2 and (pairs["status"] == "done").all()
+    assert {"hpo.csv", "pareto.csv", "pareto.png", "best_config.yaml"} <= {p.name for p in (tmp_path / "pairs").iterdir()}
     assert {s["ranks"] for s in trainings(tmp_path / "pairs")} == {2}
     first = Path(pairs["run_dir"].iloc[0])
     assert json.loads((first / "run.json").read_text())["world_size"] == 2
