@@ -36,7 +36,9 @@ def test_trials_on_mpi_ranks_alone_and_in_groups_of_two(demo_dir, run_mpi, tmp_p
     config = tiny(demo_dir)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"optimizer.lr": [1e-3, 1e-2, "log-uniform"]}))
-    run_mpi(f"""
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.csv").write_text("not,deephyper\n1,2\n")
+    result = run_mpi(f"""
     import torch
     torch.set_num_threads(1)
     from gfmkit.cli import main
@@ -45,7 +47,17 @@ def test_trials_on_mpi_ranks_alone_and_in_groups_of_two(demo_dir, run_mpi, tmp_p
             evaluator="mpi", initial_points=4)
     emit(main(["hpo", "config.yaml", "space.yaml", "--out", "pairs", "--max-evals", "2", "--objectives", "error,params",
                "--evaluator", "mpi", "--ranks-per-trial", "2"]))
+    # failures reach every rank: 2 worker ranks do not make trials of 3; rank 0 alone cannot read results.csv
+    for out, ranks in (("alone", 3), ("broken", 1)):
+        try:
+            run_hpo({config!r}, {SPACE!r}, out, max_evals=7, objectives="error,throughput", evaluator="mpi",
+                    ranks_per_trial=ranks)
+        except Exception as exc:
+            emit(str(exc))
     """, n=3, timeout=240, cwd=tmp_path)
+    assert [r[0] for r in result.emitted] == [0, 0, 0]  # the CLI succeeded on every rank
+    for emitted in result.emitted:  # every rank raised both errors
+        assert "do not split into trials of 3 ranks" in emitted[1] and "job_id" in emitted[2]
     table = hpo_table(tmp_path / "alone")
     assert len(table) == 6 and (table["status"] == "done").all() and table["trial"].is_unique
     check_front(table)
