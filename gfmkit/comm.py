@@ -259,8 +259,8 @@ _WORLD: contextvars.ContextVar[Any] = contextvars.ContextVar("gfmkit_world", def
 
 @contextlib.contextmanager
 def use_world(comm: Any) -> Iterator[Any]:
-    """Make :func:`world` return ``comm`` (an mpi4py communicator, a :class:`SerialComm`) inside the block,
-    in this thread only; the previous world comes back afterwards."""
+    """Make :func:`world` return ``comm`` (an mpi4py communicator, a :class:`SerialComm`; None: the launch's
+    own world) inside the block, in this thread only; the previous world comes back afterwards."""
     token = _WORLD.set(comm)
     try:
         yield comm

@@ -143,3 +143,21 @@ def test_trials_on_engines(demo_dir, tmp_path):
     assert len(engines.calls) == 3 and list(table["status"]).count("failed") == 1
     assert sorted(table["optimizer.lr"]) == pytest.approx(sorted(c["optimizer.lr"] for c in engines.calls))
     assert len(trainings(tmp_path / "search")) == 2
+
+
+def test_a_trial_world_is_its_own_and_its_threads_only():
+    import threading
+
+    from gfmkit.comm import SerialComm, use_world, world
+
+    outside = type(world())
+    trial, seen = SerialComm(), {}
+    with use_world(trial):
+        assert world() is trial
+        other = threading.Thread(target=lambda: seen.update(thread=type(world())))
+        other.start()
+        other.join()
+        with use_world(None):  # None: the launch's own world again
+            assert type(world()) is outside
+        assert world() is trial
+    assert type(world()) is outside and seen["thread"] is outside
