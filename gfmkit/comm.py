@@ -14,23 +14,35 @@ the trainer on rank and size:
   keeps it until the process ends;
 * a one-process launch gets a :class:`SerialComm`.
 
-Data and training code call :func:`world` and run the same way on 1 or N ranks.
+Data and training code call :func:`world` and run the same way on 1 or N ranks. Inside
+``with use_world(comm):`` :func:`world` returns ``comm`` instead (in that thread or task only): a
+hyperparameter-search trial trains on its own sub-communicator, or alone in a :class:`SerialComm`,
+while the job's world runs the search.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import datetime
 import functools
 import operator
 import os
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-from gfmkit.launch import Launch, detect_launch, launched_by_mpi, master_address, mpi_module
+from gfmkit.launch import (
+    Launch,
+    detect_launch,
+    launched_by_mpi,
+    master_address,
+    mpi_module,
+)
 from gfmkit.log import get_logger
 
 __all__ = ["Comm", "SerialComm", "TorchComm", "check_process_group", "join_process_group", "launched_by_mpi",
-           "served_backends", "world"]
+           "served_backends", "use_world", "world"]
 
 log = get_logger(__name__)
 
@@ -242,9 +254,27 @@ def _mpi_world() -> Any:
     return mpi_module().COMM_WORLD
 
 
+_WORLD: contextvars.ContextVar[Any] = contextvars.ContextVar("gfmkit_world", default=None)
+
+
+@contextlib.contextmanager
+def use_world(comm: Any) -> Iterator[Any]:
+    """Make :func:`world` return ``comm`` (an mpi4py communicator, a :class:`SerialComm`; None: the launch's
+    own world) inside the block, in this thread only; the previous world comes back afterwards."""
+    token = _WORLD.set(comm)
+    try:
+        yield comm
+    finally:
+        _WORLD.reset(token)
+
+
 def world() -> Any:
     """This launch's ranks: ``mpi4py.MPI.COMM_WORLD`` when it uses MPI, a :class:`TorchComm` when it has
-    several ranks without MPI, else a :class:`SerialComm` (see the module docstring)."""
+    several ranks without MPI, else a :class:`SerialComm` (see the module docstring); inside
+    :func:`use_world`, the communicator given there."""
+    chosen = _WORLD.get()
+    if chosen is not None:
+        return chosen
     launch = detect_launch(collective=False)
     if launch.mpi:
         comm = _mpi_world()

@@ -9,17 +9,42 @@ and whose values say what to try::
     sampler.temperature: [1.0, 4.0]                # a real range
 
 Every key is checked against the config before a search starts (an unknown key is an error naming it).
-``loss.*`` keys are refused: the objective is the validation loss, whose scale they change, so trials
-with different loss settings could not be compared.
+``loss.*`` keys are refused while the validation loss is an objective (``objectives`` holds ``loss``):
+they change its scale, so trials with different loss settings could not be compared; search them
+with the ``error`` objective (:mod:`gfmkit.hpo.objectives`), which does not depend on them.
+
+The default space for multi-head PaiNN ships with gfmkit: :func:`default_space` (``spaces/painn.yaml``).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 DISTRIBUTIONS = ("uniform", "log-uniform")
+#: Search spaces shipped with gfmkit (package data), by name.
+SPACES_DIR = Path(__file__).with_name("spaces")
+
+
+def default_space(name: str = "painn") -> dict[str, Any]:
+    """A search space shipped with gfmkit (``gfmkit/hpo/spaces/<name>.yaml``) as a mapping."""
+    path = SPACES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+        raise ValueError(f"no search space named {name!r}; shipped: {known}")
+    return read_space(path)
+
+
+def read_space(path: str | Path) -> dict[str, Any]:
+    """A search space from a YAML file (a mapping of dotted config keys)."""
+    space = yaml.safe_load(Path(path).read_text())
+    if not isinstance(space, dict):
+        raise ValueError(f"{path}: a search space is a mapping of config keys")
+    return space
 
 
 def set_path(config: Mapping[str, Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -78,14 +103,15 @@ def search_problem(space: Mapping[str, Any]) -> Any:
     return problem
 
 
-def check_space(config: Mapping[str, Any], space: Mapping[str, Any]) -> None:
+def check_space(config: Mapping[str, Any], space: Mapping[str, Any], objectives: Sequence[str] = ("loss",)) -> None:
     """Raise a clear error if a key of ``space`` is not a config key, or a value of it is refused."""
     from gfmkit.train import load_train_config
 
     for key, value in space.items():
-        if str(key).startswith("loss."):
+        if str(key).startswith("loss.") and "loss" in objectives:
             raise ValueError(f"search space {key!r}: loss settings change the objective's scale (the validation "
-                             "loss), so trials would not be comparable; fix them in the base config")
+                             "loss), so trials would not be comparable; fix them in the base config, or search "
+                             "the 'error' objective instead of 'loss'")
         dimension, _ = _dimension(str(key), value)
         choices = dimension if isinstance(dimension, list) else [dimension[0], dimension[1]]
         for candidate in choices:
