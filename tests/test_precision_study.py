@@ -176,6 +176,8 @@ def test_a_study_under_mpiexec_trains_on_all_ranks_and_rank_0_evaluates(run_mpi,
         assert json.loads((out / precision / "run.json").read_text())["world_size"] == 2
         assert (out / precision / "evaluation-fp64" / "summary.csv").is_file()
     assert (precision_table(out)["steps"] == 4).all()
+    pairs = set(zip(precision_inference(out)["trained_in"], precision_inference(out)["evaluated_in"]))
+    assert pairs == {(t, e) for t in ("fp64", "fp32") for e in ("fp64", "fp32")}
 
 
 def test_paper_figures_find_the_study_and_not_its_runs(study, tmp_path):
