@@ -223,8 +223,9 @@ def infer(
     """Predict every structure of ``stores`` (a MultiStore; its ``split``, at most ``max_structures`` per
     dataset) with ``model`` in ``precision``: energies and forces of each dataset's own head (``heads``:
     one head for all datasets, or a mapping dataset -> head), timed and with the peak memory it needed.
-    ``model`` itself is not changed (a copy is cast to the precision's dtype). One untimed batch first
-    warms the model up; the timed pass then covers every batch."""
+    ``model`` itself is not changed: a copy is cast to the precision's dtype, its weights frozen (forces
+    need gradients in positions only, as in deployment). One untimed batch first warms the model up; the
+    timed pass then covers every batch."""
     import copy
     import itertools
     import time
@@ -237,7 +238,7 @@ def infer(
     policy = get_policy(precision)
     device = torch.device(device)
     check_supported(policy, device)
-    model = copy.deepcopy(model).to(device=device, dtype=policy.param_dtype).eval()
+    model = copy.deepcopy(model).to(device=device, dtype=policy.param_dtype).eval().requires_grad_(False)
     properties = GraphDataset(stores, model.config.cutoff, split=split).property_names
     chosen = _dataset_heads(model, stores.registry.names, heads)
     kinds = {name: model.heads[model.head_index(head)].kind for name, head in chosen.items()}
