@@ -109,7 +109,7 @@ def precision_matrix_figure(out: str | os.PathLike) -> Figure:
     speed.set_xticks(x, rates.columns, rotation=20)
     speed.set(xlabel="evaluated in", ylabel="inference throughput (structures / s)",
               title="inference speed (labels: peak memory, MiB)")
-    speed.legend(frameon=False, fontsize=7)
+    speed.legend(frameon=False, fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     return fig
 
 
@@ -118,13 +118,15 @@ def _heat_map(fig: Figure, ax, matrix, label: str) -> None:
 
     values = matrix.to_numpy(dtype=float)
     positive = values[np.isfinite(values) & (values > 0)]
+    norm = None
     if positive.size:
-        image = ax.imshow(np.where(values > 0, values, np.nan), cmap="viridis_r",
-                          norm=LogNorm(positive.min(), max(positive.max(), positive.min() * 1.01)))
+        norm = LogNorm(positive.min(), max(positive.max(), positive.min() * 1.01))
+        image = ax.imshow(np.where(values > 0, values, np.nan), cmap="viridis_r", norm=norm)
         fig.colorbar(image, ax=ax, label=label)
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=8, color="k" if v == 0 else "white")
+            light = v <= 0 or norm is None or norm(v) < 0.5  # the low end of viridis_r is light yellow
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8, color="k" if light else "white")
     ax.set_xticks(range(len(matrix.columns)), matrix.columns, rotation=20)
     ax.set_yticks(range(len(matrix.index)), matrix.index)
     ax.set(xlabel="evaluated in", ylabel="trained in", title=label)
