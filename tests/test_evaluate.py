@@ -33,9 +33,12 @@ def test_error_matrix_parity_and_per_element_errors(tiny_checkpoint, demo_stores
     model = load_model(tiny_checkpoint).double()
     names = model.head_names
     matrix = result.matrix
-    assert len(matrix) == len(names) ** 2 and set(matrix["head"]) == set(names) == set(matrix["dataset"])
+    heads = matrix[~matrix["head"].str.startswith("weighted:")]
+    assert len(heads) == len(names) ** 2 and set(heads["head"]) == set(names) == set(matrix["dataset"])
+    # below the heads, the overlap-weighted prediction (the model has no gate) on every dataset
+    assert list(dict.fromkeys(matrix["head"])) == sorted(names) + ["weighted:overlap"]
     pivot = result.pivot("forces_mae")
-    assert list(pivot.index) == sorted(names)
+    assert list(pivot.index) == sorted(names) + ["weighted:overlap"]
     # a property head scores only its property; energy heads score nothing on the property dataset
     prop = matrix[matrix["head"] == "bulk_modulus"]
     assert prop[["energy_mae", "forces_mae"]].isna().all().all()
@@ -53,6 +56,14 @@ def test_error_matrix_parity_and_per_element_errors(tiny_checkpoint, demo_stores
     assert pivot.loc["molecules", "molecules"] == pytest.approx(direct, rel=1e-9)
     own = result.summary.set_index("dataset")["forces_mae"]
     assert own["bulk"] < pivot.loc["molecules", "bulk"]  # the trained head beats a head of other chemistry
+    # the weighted row agrees with model.predict's weighted forces and energy (the dataset's references)
+    weighted = model.predict(batch, forces="weighted", weights="overlap", target="molecules")
+    assert pivot.loc["weighted:overlap", "molecules"] == pytest.approx(
+        float((weighted.forces - batch.forces).abs().mean()), rel=1e-9)
+    assert result.pivot("energy_mae").loc["weighted:overlap", "molecules"] == pytest.approx(
+        float(((weighted.energy - batch.energy) / batch.natoms).abs().mean()), rel=1e-9)
+    assert list(result.weighted().columns) == ["own head", "weighted:overlap"]
+    assert result.weighted().loc["molecules", "own head"] == pivot.loc["molecules", "molecules"]
     # parity data and per-element errors
     forces = result.predictions[result.predictions["quantity"] == "forces"]
     assert len(forces) == 3 * sum(int(data[k].natoms) for h in range(len(names)) if model.heads[h].kind == "energy"
@@ -88,6 +99,26 @@ def test_evaluate_and_train_commands(tiny_checkpoint, demo_dir, tmp_path, capsys
     assert main(["train", str(bad), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "unknown key 'optimiser'" in err and "did you mean 'optimizer'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_batch_size_and_missing_device_are_named(tiny_checkpoint, demo_dir, demo_stores, capsys):
+    from gfmkit.cli.train import main
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tiny_checkpoint), "--data", str(demo_dir), "--batch-size", "0"])
+    assert "--batch-size: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        evaluate(tiny_checkpoint, demo_stores, batch_size=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_evaluate_on_a_missing_gpu_says_so(tiny_checkpoint, demo_dir, tmp_path, capsys):
+    from gfmkit.cli.train import main
+
+    assert main(["evaluate", str(tiny_checkpoint), "--data", str(demo_dir), "--device", "cuda",
+                 "--out", str(tmp_path / "ev")]) == 1
+    err = capsys.readouterr().err
+    assert "no cuda device is visible" in err and "corrupt" not in err and not (tmp_path / "ev").exists()
 
 
 def test_history_plot_and_live_callback(demo_dir, tmp_path, one_thread):

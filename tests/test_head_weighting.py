@@ -95,3 +95,34 @@ def test_weighted_calculator_results_forces_and_relaxation(gated):
     before = relaxed.get_potential_energy()
     BFGS(relaxed, logfile=None).run(fmax=0.05, steps=30)
     assert relaxed.get_potential_energy() < before
+
+
+def test_gate_command_writes_a_new_checkpoint_that_evaluate_weights_with(tiny_checkpoint, demo_dir, demo_stores, tmp_path,
+                                                                         one_thread):
+    from conftest import run_cli
+
+    from gfmkit.data.graphs import GraphDataset
+    from gfmkit.train.evaluate import evaluate
+
+    before = tiny_checkpoint.read_bytes()
+    gated = tmp_path / "gated.pt"
+    args = ["gate", tiny_checkpoint, "--data", demo_dir, "--steps", "60", "--max-structures", "4"]
+    result = run_cli(*args, "--out", gated)
+    assert result.returncode == 0, result.stderr
+    assert "best single head" in result.stdout and "gate" in result.stdout and str(gated) in result.stdout
+    assert tiny_checkpoint.read_bytes() == before  # the input is never touched
+    model = load_model(gated)
+    assert isinstance(model.gate, HeadGate)
+    refused = run_cli(*args, "--out", gated)
+    assert refused.returncode == 1 and "--overwrite" in refused.stderr
+    same = run_cli(*args, "--out", tiny_checkpoint, "--overwrite")
+    assert same.returncode == 1 and "input checkpoint" in same.stderr and tiny_checkpoint.read_bytes() == before
+    # gfmkit evaluate scores the gate-weighted prediction beside the overlap-weighted one
+    ev = evaluate(gated, demo_stores, split=None, max_structures=3, figures=False)
+    assert list(dict.fromkeys(ev.matrix["head"]))[-2:] == ["weighted:gate", "weighted:overlap"]
+    model = model.double()
+    data = GraphDataset(demo_stores, model.config.cutoff, split=None)
+    batch = collate([data[k] for k in np.flatnonzero(data.head == model.head_index("surfaces"))[:3]])
+    direct = model.predict(batch, forces="weighted", weights="gate", target="surfaces")
+    assert ev.pivot("forces_mae").loc["weighted:gate", "surfaces"] == pytest.approx(
+        float((direct.forces - batch.forces).abs().mean()), rel=1e-9)

@@ -18,7 +18,7 @@ from gfmkit.studies import (
     precision_table,
     run_precision_study,
 )
-from gfmkit.studies.precision import STUDY
+from gfmkit.studies.precision import STUDY, precision_inference, precision_matrix
 from gfmkit.studies.runs import finished
 
 
@@ -74,6 +74,33 @@ def test_evaluating_in_bf16_changes_predictions_and_fp32_hardly(study):
             np.testing.assert_allclose(own, in_fp64, rtol=tolerance)
 
 
+def test_every_trained_model_is_evaluated_in_every_precision(study):
+    out, _ = study
+    inference = precision_inference(out)
+    datasets = set(precision_errors(out)["dataset"])
+    pairs = inference.groupby(["trained_in", "evaluated_in"])["dataset"].apply(frozenset)
+    assert set(pairs.index) == {(t, e) for t in PRECISIONS for e in PRECISIONS}
+    assert (pairs == frozenset(datasets)).all()
+    assert (inference["structures_per_s"] > 0).all() and inference["peak_memory_mib"].notna().all()
+    deviation = precision_matrix(out, "forces_dev")
+    assert list(deviation.index) == list(deviation.columns) == list(PRECISIONS)
+    # the reference against itself deviates by nothing; fp32 inference of the fp64 model by rounding only,
+    # bf16 inference visibly; a model trained in another precision is another model
+    assert deviation.loc["fp64", "fp64"] == 0.0
+    assert 0 < deviation.loc["fp64", "fp32"] < 1e-5
+    assert deviation.loc["fp64", "bf16-pure"] > 100 * deviation.loc["fp64", "fp32"]
+    assert deviation.loc["bf16-pure", "fp64"] > 100 * deviation.loc["fp64", "fp32"]
+    # the diagonal agrees with the run's own evaluation (same structures, same precision)
+    own = precision_errors(out).set_index(["trained_in", "evaluated_in", "dataset"])["forces_mae"].dropna()
+    mine = inference.set_index(["trained_in", "evaluated_in", "dataset"])["forces_mae"].dropna()
+    np.testing.assert_allclose(mine.loc[own.index], own, rtol=1e-3)
+    from gfmkit.viz.precision import precision_matrix_figure
+
+    fig = precision_matrix_figure(out)
+    assert [ax.get_ylabel() for ax in fig.axes[:4]] == ["trained in"] * 3 + ["inference throughput (structures / s)"]
+    assert len(fig.axes[3].patches) == len(PRECISIONS) ** 2
+
+
 def test_tables_and_figure_come_back_from_run_directories_alone(study):
     out, table = study
     pd.testing.assert_frame_equal(precision_table(out), table)
@@ -122,7 +149,9 @@ def test_cli_reads_a_finished_study(study, tmp_path):
     assert "bf16-pure" in result.stdout
     pd.testing.assert_frame_equal(pd.read_csv(out / "precision.csv"), table, check_dtype=False)
     assert (out / "precision.png").stat().st_size > 10_000
-    missing = run_cli("precision", "--table", "--out", str(tmp_path))
+    assert "gfmkit precision study --table" in result.stderr  # the older form works, and names the new one
+    assert (out / "precision_matrix.png").stat().st_size > 10_000
+    missing = run_cli("precision", "study", "--table", "--out", str(tmp_path))
     assert missing.returncode == 1 and "not a study directory" in missing.stderr
 
 
@@ -145,6 +174,8 @@ def test_a_study_under_mpiexec_trains_on_all_ranks_and_rank_0_evaluates(run_mpi,
         assert json.loads((out / precision / "run.json").read_text())["world_size"] == 2
         assert (out / precision / "evaluation-fp64" / "summary.csv").is_file()
     assert (precision_table(out)["steps"] == 4).all()
+    pairs = set(zip(precision_inference(out)["trained_in"], precision_inference(out)["evaluated_in"]))
+    assert pairs == {(t, e) for t in ("fp64", "fp32") for e in ("fp64", "fp32")}
 
 
 def test_paper_figures_find_the_study_and_not_its_runs(study, tmp_path):

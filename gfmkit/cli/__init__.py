@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_cli.add_parser(sub)
     train_cli.add_parser(sub)
+    importlib.import_module("gfmkit.cli.gate").add_parser(sub)
     cluster_cli.add_parser(sub)
     kernel_cli.add_parser(sub)
     for study in studies().values():  # every declared study's command lives in gfmkit.cli.<command>

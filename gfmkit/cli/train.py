@@ -38,7 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="head x dataset error matrix, parity plots, per-element errors",
         description="Every head of CHECKPOINT on every dataset of the stores: error matrix (energy/atom, forces, "
-        "stress, property MAE), parity plots and per-element force errors, as CSV tables and PNG figures.",
+        "stress, property MAE), parity plots and per-element force errors, as CSV tables and PNG figures. The "
+        "matrix also has rows for the composition-weighted prediction of the energy heads: weighted:overlap "
+        "(training-free weights) and, when the checkpoint holds a fitted gate (gfmkit gate), weighted:gate.",
     )
     evaluate.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     evaluate.add_argument("--data", nargs="+", required=True, type=Path, metavar="STORE", help="stores or directories of stores")
@@ -46,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", type=Path, help="directory for tables and figures (default: next to the checkpoint)")
     evaluate.add_argument("--batch-size", type=positive_int, default=16)
     evaluate.add_argument("--precision", default="fp64", choices=["fp64", "fp32", "bf16-autocast", "bf16-pure"])
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, xpu or auto (default cpu)")
     evaluate.add_argument("--max-structures", type=positive_int, help="at most this many structures per dataset")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's files in --out")
     evaluate.set_defaults(func=run_evaluate)
@@ -72,19 +74,29 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from gfmkit.cli.common import CLIError
+    from gfmkit.train.distributed import select_device
     from gfmkit.train.evaluate import evaluate
 
     if rank() != 0:
         return 0
+    try:
+        device = select_device(args.device, 0)
+    except (RuntimeError, ValueError) as exc:  # "cuda" on a machine without one; an unknown device name
+        raise CLIError(str(exc)) from None
     out = args.out or args.checkpoint.parent.parent / f"evaluate-{args.checkpoint.stem}-{args.split}"
     result = evaluate(args.checkpoint, args.data, split=None if args.split == "all" else args.split, out=out,
-                      batch_size=args.batch_size, precision=args.precision, device=args.device,
+                      batch_size=args.batch_size, precision=args.precision, device=device,
                       max_structures=args.max_structures, overwrite=args.overwrite, progress=True)
     import matplotlib.pyplot as plt
 
     for fig in result.figures.values():
         plt.close(fig)
     print_table(result.summary.round(5))
+    weighted = result.weighted().dropna(how="all", subset=[c for c in result.weighted().columns if c != "own head"])
+    if len(weighted):
+        print("forces MAE (eV/Å): own head and composition-weighted heads")
+        print_table(weighted.round(5).reset_index())
     print(f"error matrix, per-element errors and figures in {out}")
     return 0
 

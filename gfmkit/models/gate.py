@@ -11,7 +11,7 @@ of the model (``model.gate``): it is saved in the checkpoint with the weights an
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,10 +62,12 @@ class GateFit:
 
 def store_batches(model: Any, stores: Any, *, split: str | None, batch_size: int = 16,
                   max_structures: int | None = None, dtype: torch.dtype | None = None,
-                  datasets: Collection[str] | None = None) -> Iterator[tuple[str, list[str], Any]]:
+                  datasets: Collection[str] | None = None,
+                  heads: Mapping[str, str] | None = None) -> Iterator[tuple[str, list[str], Any]]:
     """Batches of ``stores`` (a MultiStore) for ``model``: (dataset name, each structure's dataset, batch),
-    one dataset at a time (only ``datasets`` when given), each structure labelled with its dataset's head
-    when the model has one (else head 0). ``max_structures`` caps each dataset (the first of its split)."""
+    one dataset at a time (only ``datasets`` when given), each structure labelled with the head ``heads``
+    names for its dataset, else its dataset's head when the model has one, else head 0.
+    ``max_structures`` caps each dataset (the first of its split)."""
     from gfmkit.data.graphs import GraphDataset, collate
 
     dtype = dtype or (torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32)
@@ -77,7 +79,8 @@ def store_batches(model: Any, stores: Any, *, split: str | None, batch_size: int
         if datasets is not None and name not in datasets:
             continue
         items = np.flatnonzero(of == name)[:max_structures]
-        head = model.head_names.index(name) if name in model.head_names else 0
+        head_name = (heads or {}).get(name, name)
+        head = model.head_names.index(head_name) if head_name in model.head_names else 0
         for start in range(0, len(items), batch_size):
             graphs = [dataset[int(k)] for k in items[start : start + batch_size]]
             batch = collate(graphs).to(device)

@@ -10,7 +10,11 @@ figure show is read back from the run directories alone (:func:`precision_table`
 * throughput: structures per second of the timed training steps
   (:func:`gfmkit.studies.scaling.run_throughput`; the first ``warmup`` steps are left out);
 * the final and best validation loss and the training loss curve (``metrics.jsonl``);
-* test MAEs of each dataset under its own head (``evaluation-<precision>/summary.csv``).
+* test MAEs of each dataset under its own head (``evaluation-<precision>/summary.csv``);
+* the train x inference matrix (``inference.csv``, :func:`precision_inference`,
+  :func:`precision_matrix`): every trained model evaluated in every precision of the study, its errors
+  against the labels and its deviation from the fp64-trained model's fp64 predictions, with the
+  inference throughput and peak memory (:func:`gfmkit.precision.infer`), on the training's device.
 
 A study that stopped part way continues where it stopped: finished runs and evaluations are kept,
 an unfinished run resumes from its last checkpoint.
@@ -28,7 +32,15 @@ import pandas as pd
 from gfmkit import keys
 from gfmkit.comm import world
 from gfmkit.config import config_to_dict
-from gfmkit.precision import Precision
+from gfmkit.files import atomic_path
+from gfmkit.precision import (
+    DEVIATIONS,
+    LABEL_ERRORS,
+    PRECISIONS,
+    Precision,
+    infer,
+    inference_errors,
+)
 from gfmkit.progress import progress_bar
 from gfmkit.rundir import SUMMARY, RunDir
 from gfmkit.studies.registry import Ref, Study
@@ -41,8 +53,8 @@ from gfmkit.studies.runs import (
 )
 from gfmkit.studies.scaling import run_throughput
 
-PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
 STUDY = "precision.json"
+INFERENCE = "inference.csv"
 ERROR_COLUMNS = keys.ERROR_COLUMNS
 
 
@@ -101,7 +113,65 @@ def run_precision_study(
                               precision=evaluated_in, max_structures=max_structures)
 
         on_rank_0(evaluate_run)
+    on_rank_0(lambda: _write_inference(Path(out), settings, base))
     return precision_table(out) if main else pd.DataFrame()
+
+
+def _write_inference(out: Path, settings: dict[str, Any], base: dict[str, Any]) -> None:
+    """The train x inference matrix into ``out/inference.csv``, unless it already covers every pair."""
+    from gfmkit.data.multi import open_stores
+    from gfmkit.models import load_model
+    from gfmkit.train.distributed import select_device
+
+    precisions = settings["precisions"]
+    wanted = {(t, e) for t in precisions for e in precisions}
+    if (out / INFERENCE).is_file():
+        done = pd.read_csv(out / INFERENCE)
+        if wanted <= set(zip(done["trained_in"], done["evaluated_in"])):
+            return
+    stores = open_stores(base["data"]["stores"])
+    device = select_device(str(base.get("device", "cpu")), 0)
+    options = dict(split=settings["split"], max_structures=settings["max_structures"], device=device,
+                   batch_size=int(base.get("sampler", {}).get("batch_size", 16)))
+    models = {p: load_model(RunDir(out / p).best_checkpoint()) for p in precisions}
+    reference = infer(models["fp64"], stores, "fp64", **options) if "fp64" in models else None
+    frames = []
+    for trained in progress_bar(precisions, desc="inference matrix", unit="model", disable=not base["progress"]):
+        for evaluated in precisions:
+            same = trained == evaluated == "fp64" and reference is not None
+            run = reference if same else infer(models[trained], stores, evaluated, **options)
+            frame = inference_errors(run, reference)
+            frame.insert(0, "evaluated_in", evaluated)
+            frame.insert(0, "trained_in", trained)
+            frame["structures_per_s"] = run.structures_per_s
+            frame["peak_memory_mib"] = run.peak_memory_mib
+            frame["memory_measure"] = run.memory_measure
+            frames.append(frame)
+    with atomic_path(out / INFERENCE) as tmp:
+        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+
+
+def precision_inference(out: str | os.PathLike) -> pd.DataFrame:
+    """The train x inference matrix in long form: one row per (trained in, evaluated in, dataset) with
+    the MAEs against the labels, the deviations from the fp64-trained model's fp64 predictions
+    (``*_dev``; NaN without an fp64 run), throughput (structures/s) and peak memory (MiB) of that
+    inference; empty before the study's runs are done."""
+    path = Path(out) / INFERENCE
+    _study(out)
+    if not path.is_file():
+        return pd.DataFrame(columns=["trained_in", "evaluated_in", "dataset", "head", "structures", *LABEL_ERRORS,
+                                     *DEVIATIONS, "structures_per_s", "peak_memory_mib", "memory_measure"])
+    return pd.read_csv(path)
+
+
+def precision_matrix(out: str | os.PathLike, metric: str = keys.FORCES_MAE) -> pd.DataFrame:
+    """Trained-in x evaluated-in table of ``metric`` (an error or deviation column: the mean over
+    datasets; ``structures_per_s`` or ``peak_memory_mib``: per inference), rows and columns in the
+    study's order."""
+    table = precision_inference(out)
+    order = [p for p in _study(out)["precisions"] if p in set(table["trained_in"])]
+    matrix = table.pivot_table(index="trained_in", columns="evaluated_in", values=metric, aggfunc="mean", dropna=False)
+    return matrix.reindex(index=order, columns=order)
 
 
 def precision_errors(out: str | os.PathLike) -> pd.DataFrame:

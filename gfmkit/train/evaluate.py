@@ -4,7 +4,10 @@ Every head predicts every dataset (one encoder pass per batch for all heads, eac
 stress from :meth:`MultiHeadPaiNN.predict` with ``forces="each"``): the matrix shows how well a head of one level of theory transfers to another dataset, the
 diagonal is each dataset's own head. Energy heads are scored on energy datasets (energy per atom,
 forces and stress MAE), property heads on datasets with their property; other pairs are NaN. Parity
-plots and per-element force errors use each dataset's own head.
+plots and per-element force errors use each dataset's own head. Below the heads, the matrix has rows
+``weighted:overlap`` (training-free weights, always) and ``weighted:gate`` (when the model holds a fitted
+gate): the composition-weighted prediction of the energy heads (:mod:`gfmkit.models.weighting`),
+computed from the same pass (:func:`weighted_predictors`).
 
 The figures are drawn by :mod:`gfmkit.viz.evaluation`; :func:`plot_history` and :class:`LiveLossPlot`
 (:mod:`gfmkit.viz.history`) are importable from here too, as before.
@@ -45,6 +48,8 @@ from gfmkit.viz.history import LiveLossPlot, plot_history
 #: the error columns of the tables, and their units (spelled in :mod:`gfmkit.keys`)
 METRICS = keys.ERROR_COLUMNS
 UNITS = keys.ERROR_UNITS
+#: the prefix of the error matrix's rows of weighted predictions
+WEIGHTED = "weighted:"
 
 __all__ = ["EVALUATION_FILES", "METRICS", "PREDICTIONS", "UNITS", "Evaluation", "LiveLossPlot", "evaluate",
            "load_run_checkpoint", "plot_error_matrix", "plot_history", "plot_parity", "plot_per_element"]
@@ -54,8 +59,9 @@ __all__ = ["EVALUATION_FILES", "METRICS", "PREDICTIONS", "UNITS", "Evaluation", 
 class Evaluation:
     """Tables and figures of :func:`evaluate`.
 
-    ``matrix``: one row per (head, dataset) with structures and MAEs; ``pivot(metric)`` shapes it head x
-    dataset. ``summary``: each dataset under its own head. ``per_element``: own-head force MAE per
+    ``matrix``: one row per (head, dataset) with structures and MAEs, the heads followed by the weighted
+    predictions (``weighted:overlap``, ``weighted:gate``); ``pivot(metric)`` shapes it head x dataset,
+    ``weighted(metric)`` puts each dataset's own head beside the weighted predictions. ``summary``: each dataset under its own head. ``per_element``: own-head force MAE per
     dataset and element. ``predictions``: own-head predicted and true values (for parity plots).
     """
 
@@ -69,6 +75,13 @@ class Evaluation:
     def pivot(self, metric: str = keys.FORCES_MAE) -> pd.DataFrame:
         """Head x dataset table of ``metric`` (rows: heads, columns: datasets)."""
         return self.matrix.pivot(index="head", columns="dataset", values=metric)
+
+    def weighted(self, metric: str = keys.FORCES_MAE) -> pd.DataFrame:
+        """``metric`` per dataset (rows) under its own head and under each weighting (columns)."""
+        own = self.summary.set_index("dataset")[metric].rename("own head")
+        weighted = self.matrix[self.matrix["head"].str.startswith(WEIGHTED)]
+        table = weighted.pivot(index="dataset", columns="head", values=metric)
+        return pd.concat([own, table], axis=1).loc[own.index]
 
 
 def _open(stores: MultiStore | str | os.PathLike | Sequence[str | os.PathLike], names: list[str]) -> MultiStore:
@@ -97,6 +110,12 @@ def evaluate(
     ``figures/*.png``). ``max_structures`` caps the structures per dataset (the first ones of the split).
     ``out`` is checked before the work: an earlier evaluation's files there are replaced only with
     ``overwrite=True``; other files in it are left alone."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not isinstance(device, torch.device):
+        from gfmkit.train.distributed import select_device
+
+        device = select_device(device, 0)  # "cuda" without a GPU: says so (not a failed checkpoint load)
     if out is not None:
         check_folder_files(out.path if isinstance(out, RunDir) else out, EVALUATION_FILES, overwrite=overwrite)
     model = checkpoint if isinstance(checkpoint, MultiHeadPaiNN) else load_model(checkpoint, map_location=device)
@@ -117,6 +136,7 @@ def evaluate(
     parity: list[dict[str, Any]] = []
     element_rows: list[tuple[str, np.ndarray, np.ndarray]] = []
     any_energy = any(head.kind == "energy" for head in model.heads)
+    weightings = ((["gate"] if model.gate is not None else []) + ["overlap"]) if any_energy else []
     iterator = range(0, len(chosen), batch_size)
     if progress:
         from gfmkit.progress import progress_bar
@@ -133,34 +153,34 @@ def evaluate(
         want_stress = any_energy and bool((batch.stress_mask & periodic).any())
         with precision_scope(policy, device):
             every = model.predict(batch, forces="each" if any_energy else "none", stress=want_stress)
-        for h, head in enumerate(model.heads):
-            energy_head = head.kind == "energy"
-            pred = {keys.ENERGY: every.energies[:, h]}
-            if energy_head:
-                pred[keys.FORCES] = every.forces[h]
-                if want_stress:
-                    pred[keys.STRESS] = every.stress[h]
-            e = pred[keys.ENERGY].double()
+        predictors = [(head.name, head.kind, head.target, every.energies[:, h],
+                       every.forces[h] if head.kind == "energy" else None,
+                       every.stress[h] if head.kind == "energy" and want_stress else None)
+                      for h, head in enumerate(model.heads)]
+        predictors += weighted_predictors(model, batch, every, own_names, weightings)
+        for head_name, kind, target, energy, forces, stress in predictors:
+            energy_head = kind == "energy"
+            e = energy.double()
             for name in dict.fromkeys(own_names):
                 rows = torch.as_tensor(own_names == name, device=batch.z.device)
-                row = acc.setdefault((head.name, name), np.zeros(8))
+                row = acc.setdefault((head_name, name), np.zeros(8))
                 if energy_head:
                     mask = rows & batch.energy_mask
                     err = ((e - batch.energy.double()) / natoms).abs()[mask]
                     row[0] += float(err.sum()); row[1] += int(mask.sum())
                     atoms = (rows & batch.forces_mask).index_select(0, atom_graph)
-                    f_err = (pred[keys.FORCES].double() - batch.forces.double()).abs()[atoms]
+                    f_err = (forces.double() - batch.forces.double()).abs()[atoms]
                     row[2] += float(f_err.sum()); row[3] += f_err.numel()
-                    if keys.STRESS in pred:
+                    if stress is not None:
                         smask = rows & batch.stress_mask & periodic
-                        s_err = (pred[keys.STRESS].double() - batch.stress.double()).abs()[smask]
+                        s_err = (stress.double() - batch.stress.double()).abs()[smask]
                         row[4] += float(s_err.sum()); row[5] += s_err.numel()
-                elif head.target in props:
-                    col = props.index(head.target)
+                elif target in props:
+                    col = props.index(target)
                     mask = rows & batch.properties_mask[:, col]
                     p_err = (e - batch.properties[:, col].double()).abs()[mask]
                     row[6] += float(p_err.sum()); row[7] += int(mask.sum())
-                if head.name != name:
+                if head_name != name:
                     continue
                 # own head: parity values and per-element force errors
                 sel = rows.cpu().numpy()
@@ -171,15 +191,15 @@ def evaluate(
                     atoms = (rows & batch.forces_mask).index_select(0, atom_graph).cpu().numpy()
                     if atoms.any():
                         true_f = batch.forces.double().cpu().numpy()[atoms]
-                        pred_f = pred[keys.FORCES].double().detach().cpu().numpy()[atoms]
+                        pred_f = forces.double().detach().cpu().numpy()[atoms]
                         parity.extend({"dataset": name, "quantity": keys.FORCES, "true": t, "predicted": p}
                                       for t, p in zip(true_f.ravel(), pred_f.ravel()))
                         element_rows.append((name, batch.z.cpu().numpy()[atoms], np.abs(pred_f - true_f).mean(axis=1)))
-                elif head.target in props:
-                    col = props.index(head.target)
+                elif target in props:
+                    col = props.index(target)
                     m = sel & batch.properties_mask[:, col].cpu().numpy()
                     for true, predicted in zip(batch.properties[:, col].double().cpu().numpy()[m], e.cpu().numpy()[m]):
-                        parity.append({"dataset": name, "quantity": head.target, "true": true, "predicted": predicted})
+                        parity.append({"dataset": name, "quantity": target, "true": true, "predicted": predicted})
 
     structures = pd.Series(dataset_of[chosen]).value_counts().to_dict() if len(chosen) else {}
     rows = []
@@ -187,7 +207,8 @@ def evaluate(
         rows.append({"head": head, "dataset": name, "structures": int(structures.get(name, 0)),
                      **{m: (v[2 * k] / v[2 * k + 1] if v[2 * k + 1] else np.nan) for k, m in enumerate(METRICS)}})
     matrix = pd.DataFrame(rows, columns=["head", "dataset", "structures", *METRICS])
-    matrix = matrix.sort_values(["head", "dataset"], ignore_index=True)
+    matrix = matrix.sort_values(["head", "dataset"], key=lambda c: c.str.startswith(WEIGHTED).astype(str) + c
+                                if c.name == "head" else c, ignore_index=True)
     summary = matrix[matrix["head"] == matrix["dataset"]].drop(columns="head").reset_index(drop=True)
     per_element = _per_element(element_rows)
     predictions = pd.DataFrame(parity, columns=["dataset", "quantity", "true", "predicted"])
@@ -206,6 +227,38 @@ def evaluate(
             run.save_figure(fig, name)
         result.out = run
     return result
+
+
+def weighted_predictors(model: MultiHeadPaiNN, batch: Any, every: Any, own_names: np.ndarray,
+                        weightings: Sequence[str]) -> list[tuple[str, str, str, torch.Tensor, torch.Tensor, Any]]:
+    """The composition-weighted predictions of ``batch`` from the per-head ones of one pass (``every``,
+    :meth:`MultiHeadPaiNN.predict` with ``forces="each"``), one per weighting ("overlap", "gate"):
+    (row name ``weighted:<weighting>``, "energy", "energy", energy, forces, stress or None). Weights
+    depend on composition only, so the weighted forces and stress are the weighted sums of the heads'
+    (:mod:`gfmkit.models.weighting`). A structure's weighted energy carries the references of its
+    dataset's head (its level of theory), or of the model's first energy head when it has none."""
+    from gfmkit.models import weighting as hw
+    from gfmkit.models.predict import head_weights
+
+    if not weightings:
+        return []
+    energy_heads = [k for k, head in enumerate(model.heads) if head.kind == "energy"]
+    counts = hw.batch_counts(model, batch)
+    reference = model.readout.reference  # (heads, elements), float64
+    default = model.head_index(hw.default_target(model))
+    target = [model.head_index(n) if n in model.head_names and model.heads[model.head_index(n)].kind == "energy"
+              else default for n in own_names]
+    removed = (every.energies.double() - counts @ reference.T)[:, energy_heads]
+    carried = (counts * reference[target]).sum(dim=1)
+    graph_of_atom = batch.batch
+    out = []
+    for weighting in weightings:
+        w = head_weights(model, weighting, hw.element_fractions(counts), list(range(len(model.heads))))[:, energy_heads]
+        energy = (w * removed).sum(dim=1) + carried
+        forces = torch.einsum("ne,enc->nc", w.index_select(0, graph_of_atom), every.forces[energy_heads].double())
+        stress = None if every.stress is None else torch.einsum("be,ebij->bij", w, every.stress[energy_heads].double())
+        out.append((WEIGHTED + weighting, "energy", keys.ENERGY, energy, forces, stress))
+    return out
 
 
 def _per_element(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
