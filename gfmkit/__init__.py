@@ -6,7 +6,7 @@ from typing import Any
 
 from gfmkit._version import __version__
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "compare_precisions", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,4 +15,8 @@ def __getattr__(name: str) -> Any:
         from gfmkit.models import load_model
 
         return load_model
+    if name == "compare_precisions":  # one model in fp64, fp32, bf16: errors, deviation, speed, memory
+        from gfmkit.precision import compare_precisions
+
+        return compare_precisions
     raise AttributeError(f"module 'gfmkit' has no attribute {name!r}")

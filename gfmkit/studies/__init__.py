@@ -21,6 +21,8 @@ from gfmkit.studies.precision import (
     loss_drift,
     precision_errors,
     precision_history,
+    precision_inference,
+    precision_matrix,
     precision_table,
     run_precision_study,
 )
@@ -48,6 +50,8 @@ __all__ = [
     "plan_scaling",
     "precision_errors",
     "precision_history",
+    "precision_inference",
+    "precision_matrix",
     "precision_table",
     "run_finetune_study",
     "run_precision_study",
