@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-from ase.optimize import BFGS
+from ase.optimize import FIRE
 from model_checks import graph
 
 from gfmkit import load_model
@@ -93,7 +93,7 @@ def test_weighted_calculator_results_forces_and_relaxation(gated):
     relaxed = atoms.copy()
     relaxed.calc = model.calculator("weighted", weights="overlap")
     before = relaxed.get_potential_energy()
-    BFGS(relaxed, logfile=None).run(fmax=0.05, steps=30)
+    FIRE(relaxed, logfile=None).run(fmax=0.05, steps=30)  # BFGS oscillates on the tiny model's rough surface
     assert relaxed.get_potential_energy() < before
 
 
