@@ -151,7 +151,7 @@ def test_study_runs_every_strategy_fraction_and_seed_as_configured(study, pretra
         full = len(Store(demo_dir / f"{dataset}.bp").split_indices("train"))
         assert sizes.loc[dataset, 1.0] == full and sizes.loc[dataset, 0.5] == int(np.ceil(full / 2))
     for strategy in STUDY_STRATEGIES:
-        info = json.loads((out / f"{strategy}-0.5-s1" / "finetune.json").read_text())
+        info = json.loads((out / f"{strategy}-0.5-s1" / "finetuned.json").read_text())
         assert info["train_split"] == "train[:0.5]" and info["seed"] == 1 and info["steps"] == 4
         assert info["sources"]["alloys_al"] == (None if strategy == "scratch" else "bulk")
         assert info["replay"] == (0.25 if strategy == "full+replay" else 0.0)
@@ -181,11 +181,11 @@ def test_study_tables_come_back_from_cell_directories_and_are_not_redone(study, 
     assert (stats["count"] == 2).all() and (stats["max"] >= stats["min"]).all()
     figure = finetune_figure(out)
     assert len(figure.axes) == len(DOWNSTREAM) + 1 and "forgetting" in figure.axes[-1].get_title()
-    before = {p.name: (p / "finetune.json").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()}
+    before = {p.name: (p / "finetuned.json").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()}
     again = run_finetune_study(pretrained, config(downstream(demo_dir), max_steps=4), out, fractions=(1.0,),
                                strategies=["full"], seeds=(0,), heads={"alloys_al": "bulk"}, max_structures=3,
                                progress=False)
-    assert {p.name: (p / "finetune.json").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()} == before
+    assert {p.name: (p / "finetuned.json").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()} == before
     pd.testing.assert_frame_equal(again, table)
     with pytest.raises(ValueError, match="other.*steps"):
         run_finetune_study(pretrained, config(downstream(demo_dir), max_steps=5), out, progress=False)

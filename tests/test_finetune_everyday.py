@@ -124,7 +124,7 @@ def test_a_fine_tuned_checkpoint_reloads_with_all_heads_and_works_everywhere(tun
     batch = mixed_batch(demo_dir, model)
     assert torch.equal(model(batch, energies=True)["energies"], twice(batch, energies=True)["energies"][:, :4])
     assert torch.equal(model(batch, stress=True)["stress"], twice(batch, stress=True)["stress"])
-    info = json.loads((tmp_path / "again" / "finetune.json").read_text())
+    info = json.loads((tmp_path / "again" / "finetuned.json").read_text())
     assert info["strategy"] == "head" and info["heads"] == ["cu_morse"] and info["forgetting"] == []
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from gfmkit import keys
 from gfmkit.comm import world
@@ -38,6 +37,8 @@ from gfmkit.studies.runs import open_study, read_study
 
 STRATEGIES = ("scratch", "head", "lora", "last-k", "full", "full+replay")
 STUDY = "finetune.json"
+#: each cell's own record (gfmkit.train.finetune.SETTINGS; spelled here so reading a study imports no torch)
+SETTINGS = "finetuned.json"
 #: share of every batch drawn from the pretraining data in ``full+replay``
 REPLAY = 0.25
 
@@ -67,6 +68,8 @@ def cell_arguments(settings: Mapping[str, Any], strategy: str, fraction: float, 
 
 def scratch_checkpoint(pretrained: str | os.PathLike, path: str | os.PathLike, seed: int) -> Path:
     """A checkpoint of ``pretrained``'s architecture and heads with fresh weights drawn with ``seed``."""
+    import torch
+
     from gfmkit.models import load_model, save_checkpoint
     from gfmkit.models.multihead import MultiHeadPaiNN
 
@@ -124,7 +127,7 @@ def run_finetune_study(
     cells = [(s, f, seed) for s in settings["strategies"] for f in settings["fractions"] for seed in settings["seeds"]]
     for strategy, fraction, seed in progress_bar(cells, desc="fine-tuning runs", unit="run", disable=not progress):
         cell = out / run_name(strategy, fraction, seed)
-        if (cell / "finetune.json").is_file():
+        if (cell / SETTINGS).is_file():
             continue
         source = pretrained if strategy != "scratch" else scratch_checkpoint(pretrained, out / f"scratch-s{seed}.pt", seed)
         finetune(source, study["stores"], cell, progress=False, overwrite=True,
@@ -143,9 +146,9 @@ def finetune_table(out: str | os.PathLike) -> pd.DataFrame:
         for fraction in study["fractions"]:
             for seed in study.get("seeds", [0]):
                 cell = out / run_name(strategy, fraction, seed)
-                if not (cell / "finetune.json").is_file():
+                if not (cell / SETTINGS).is_file():
                     continue
-                info = json.loads((cell / "finetune.json").read_text())
+                info = json.loads((cell / SETTINGS).read_text())
                 frame = pd.DataFrame(info["test"]).drop(columns="head")
                 frame.insert(0, "train_structures", frame["dataset"].map(info.get("train_structures", {})))
                 frame.insert(0, "seed", seed)

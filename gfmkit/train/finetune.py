@@ -59,7 +59,7 @@ from gfmkit.train.loss import HeadTable, combine, loss_parts, wants_stress
 STRATEGIES = ("head", "lora", "last-k", "full")
 #: encoder learning-rate factor of each strategy when none is given
 ENCODER_LR_SCALE = {"last-k": 1.0, "full": 0.1}
-MODEL, SETTINGS, HISTORY, TEST, FORGETTING = "model.pt", "finetune.json", "history.csv", "test.csv", "forgetting.csv"
+MODEL, SETTINGS, HISTORY, TEST, FORGETTING = "model.pt", "finetuned.json", "history.csv", "test.csv", "forgetting.csv"
 FILES = (MODEL, SETTINGS, HISTORY, TEST, FORGETTING)
 
 
@@ -106,7 +106,7 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune ``checkpoint`` on the stores ``data`` (one new head per dataset; ``task`` names it when
     there is one dataset) with ``strategy`` (see the module doc) and return a :class:`FinetuneResult`;
-    with ``out``, also write ``model.pt``, ``finetune.json`` and the tables there (files of an earlier
+    with ``out``, also write ``model.pt``, ``finetuned.json`` and the tables there (files of an earlier
     fine-tune are replaced only with ``overwrite``).
 
     ``pretrain_data``: the pretraining stores, for ``replay`` and the forgetting table; by default the
