@@ -102,6 +102,8 @@ def test_lora_adapters_serve_only_the_new_head_and_merge_exactly(tuned, pretrain
 def test_a_fine_tuned_checkpoint_reloads_with_all_heads_and_works_everywhere(tuned, pretrained, demo_dir, tmp_path):
     from ase.build import bulk
 
+    from gfmkit.data.results_store import ResultsStore
+    from gfmkit.studies.screen import screen
     from gfmkit.train.evaluate import evaluate
 
     result = tuned["lora"]
@@ -116,6 +118,10 @@ def test_a_fine_tuned_checkpoint_reloads_with_all_heads_and_works_everywhere(tun
     matrix = evaluate(result.checkpoint, [demo_dir / "alloys_al.bp", demo_dir / "bulk.bp"], figures=False,
                       max_structures=2).matrix
     assert set(matrix["head"]) == set(model.head_names)
+    screen(result.checkpoint, demo_dir / "alloys_al.bp", tmp_path / "screen.bp", forces="weighted", progress=False)
+    screened = ResultsStore(tmp_path / "screen.bp")
+    assert set(screened.heads) == set(model.head_names)
+    assert len(screened.table()) == len(open_stores([demo_dir / "alloys_al.bp"]))
     # a second fine-tune on top (head only): a third weight block, every earlier head unchanged
     again = finetune(result.checkpoint, demo_dir / "cu_morse.bp", tmp_path / "again", steps=2, progress=False,
                      pretrain_data=())
