@@ -91,6 +91,8 @@ def test_lora_adapters_serve_only_the_new_head_and_merge_exactly(tuned, pretrain
     lora = model.adapters.layers[name.replace(".", "_")]
     expected = encoder[f"{name}.weight"] + lora.scaling * lora.b @ lora.a
     torch.testing.assert_close(model.adapters.merged.state_dict()[f"{name}.weight"], expected)
+    assert model.float().adapters.merged.message[0][0].weight.dtype == torch.float32  # moves with the model
+    model.double()
     # the adapted head differs from the plain encoder's reading of the same head
     model.unmerge_adapters()
     plain = model.adapters

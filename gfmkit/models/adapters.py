@@ -69,7 +69,7 @@ class EncoderAdapters(nn.Module):
         self.rank = rank
         self._active = False
         self._handles: list[Any] = []
-        self.__dict__["merged"] = None  # a plain attribute: never saved, never moved with the model
+        self.__dict__["merged"] = None  # a plain attribute: never saved; moved with the model (_apply)
         self._attach(targets)
 
     @classmethod
@@ -124,6 +124,12 @@ class EncoderAdapters(nn.Module):
         fresh.requires_grad_(False)
         self.__dict__["merged"] = fresh
         return fresh
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.merged is not None:  # .to(dtype/device) of the model moves the merged encoder too
+            self.merged._apply(fn, recurse)
+        return self
 
     def unmerge(self) -> None:
         """Drop the merged encoder: the adapted pass uses the hooks again."""
