@@ -147,7 +147,7 @@ def finetune(
     pretraining = _pretraining_stores(checkpoint, pretrain_data, pretrained.head_names, registry)
     if replay > 0 and pretraining is None:
         raise ValueError("replay needs the pretraining stores: pass pretrain_data (--pretrain-data)")
-    history = _train(model, pretrained, downstream, pretraining if replay > 0 else None, strategy=strategy,
+    history = _train(model, downstream, pretraining if replay > 0 else None, strategy=strategy,
                      steps=steps, replay=replay, batch_size=batch_size, lr=lr, last_k=last_k, seed=seed,
                      encoder_lr_scale=ENCODER_LR_SCALE.get(strategy, 0.0) if encoder_lr_scale is None else encoder_lr_scale,
                      train_split=train_split, progress=progress)
@@ -236,7 +236,7 @@ def trainable(model: MultiHeadPaiNN, strategy: str, *, last_k: int, replay: bool
     return encoder, rest
 
 
-def _train(model: MultiHeadPaiNN, pretrained: MultiHeadPaiNN, downstream: MultiStore, pretraining: MultiStore | None, *,
+def _train(model: MultiHeadPaiNN, downstream: MultiStore, pretraining: MultiStore | None, *,
            strategy: str, steps: int, replay: float, batch_size: int, lr: float, encoder_lr_scale: float, last_k: int,
            seed: int, train_split: str, progress: bool) -> pd.DataFrame:
     """AdamW with a cosine schedule on the multi-head loss; the loss per step."""
@@ -247,14 +247,15 @@ def _train(model: MultiHeadPaiNN, pretrained: MultiHeadPaiNN, downstream: MultiS
     new = GraphDataset(downstream, cutoff, split=train_split, dtype=dtype, property_names=properties)
     if len(new) == 0:
         raise ValueError(f"no structures in split {train_split!r} of the fine-tuning data")
-    old = GraphDataset(pretraining, cutoff, split="train", dtype=dtype, property_names=properties) if pretraining else None
+    old = (GraphDataset(pretraining, cutoff, split="train", dtype=dtype, property_names=properties)
+           if pretraining is not None else None)
     encoder, rest = trainable(model, strategy, last_k=last_k, replay=old is not None)
     groups = [{"params": rest, "scale": 1.0}] + ([{"params": encoder, "scale": encoder_lr_scale}] if encoder else [])
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     loss_config = LossConfig()
     table = HeadTable.from_model(model, properties)
     draws = _Draws(len(new), seed)
-    n_old = max(1, round(batch_size * replay)) if old is not None else 0
+    n_old = min(max(1, round(batch_size * replay)), batch_size - 1) if old is not None else 0
     rng = np.random.default_rng([seed, 1])
     rows = []
     model.train()
