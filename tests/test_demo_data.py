@@ -1,4 +1,4 @@
-"""The built-in demo datasets: stores, sizes, determinism, levels of theory, EMT-B, bulk moduli."""
+"""The built-in demo datasets: stores, sizes, determinism, levels of theory, EMT-B, bulk moduli, the\ndownstream tasks."""
 
 from __future__ import annotations
 
@@ -254,6 +254,25 @@ def test_bulk_moduli_are_plausible(demo):
     )
     assert 130 < cu.info["bulk_modulus"] < 150
     assert abs((4 * cu.get_volume() / len(cu)) ** (1 / 3) - emt_lattice_constant("Cu")) < 1e-3
+
+
+def test_six_downstream_tasks_span_the_kinds_of_transfer(demo):
+    """New chemistry, another level of theory, graph-level properties (bulk modulus, vacancy and surface
+    energies) and adsorption, each with plausible EMT values."""
+    out, _ = demo
+    assert len(DOWNSTREAM) >= 6
+    stores = _stores(out)
+    plausible = {"vacancy_energy": (0.2, 2.5), "surface_energy": (0.2, 3.5), "adsorption_energy": (-8.0, 1.0)}
+    for name, (low, high) in plausible.items():
+        values = stores[name].column(f"property/{name}")
+        assert len(values) >= MIN_STRUCTURES and np.all((values > low) & (values < high)), (name, values)
+        assert np.std(values) > 0.05 * abs(np.mean(values))  # a target to learn, not a constant
+    assert np.all(stores["vacancy_energy"].natoms == 31)
+    assert not any(set(DEMO_DATASETS[n].targets) & set(plausible) for n in PRETRAIN)
+    # Ag surfaces with adsorbates occur downstream only
+    assert "Ag" not in DEMO_DATASETS["surfaces"].elements and "Ag" in stores["adsorption_energy"].elements
+    slab = DEMO_DATASETS["surface_energy"].structure(SEED, 0)
+    assert list(slab.pbc) == [True, True, False] and set(slab.info) == {"surface_energy"}
 
 
 # -- EMT-B ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Fine-tuning support in the trainer: start from a pretrained checkpoint, choose heads, freeze or slow the
-encoder, train on a subset of a split."""
+"""Fine-tuning support in the trainer (start from a pretrained checkpoint, choose heads, freeze or slow the
+encoder, train on a subset of a split) and the fine-tuning study."""
 
 from __future__ import annotations
 
@@ -129,6 +129,8 @@ def test_bad_initialisations_are_clear_errors(pretrained, demo_dir, tmp_path):
 
 # -- the fine-tuning study -----------------------------------------------------------------------------
 
+STUDY_STRATEGIES = ["scratch", "head", "full", "full+replay"]
+
 
 @pytest.fixture(scope="module")
 def study(pretrained, demo_dir, tmp_path_factory):
@@ -136,62 +138,71 @@ def study(pretrained, demo_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("finetune") / "study"
     table = run_finetune_study(pretrained, config(downstream(demo_dir), max_steps=4), out, fractions=(0.5, 1.0),
-                               heads={"alloys_al": "bulk"}, max_structures=3, progress=False)
+                               strategies=STUDY_STRATEGIES, seeds=(0, 1), heads={"alloys_al": "bulk"}, max_structures=3,
+                               progress=False)
     return out, table
 
 
-def test_study_runs_every_strategy_and_fraction_as_configured(study, pretrained, demo_dir):
-    import yaml
-
+def test_study_runs_every_strategy_fraction_and_seed_as_configured(study, pretrained, demo_dir):
     out, table = study
-    assert len(table) == 3 * 2 * len(DOWNSTREAM)
+    assert len(table) == len(STUDY_STRATEGIES) * 2 * 2 * len(DOWNSTREAM)
     sizes = table.pivot_table(index="dataset", columns="fraction", values="train_structures", aggfunc="max")
     for dataset in DOWNSTREAM:
         full = len(Store(demo_dir / f"{dataset}.bp").split_indices("train"))
         assert sizes.loc[dataset, 1.0] == full and sizes.loc[dataset, 0.5] == int(np.ceil(full / 2))
-    source = load_model(pretrained).double()
-    for strategy in ("scratch", "frozen", "full"):
-        saved = yaml.safe_load((out / f"{strategy}-0.5" / "config.yaml").read_text())
-        info = json.loads((out / f"{strategy}-0.5" / "run.json").read_text())
-        assert saved["data"]["train_split"] == "train[:0.5]"
-        assert saved["model"] == {k: v for k, v in source.config.__dict__.items()}  # same architecture for all
-        assert info["initialised_from"] == (None if strategy == "scratch" else str(pretrained))
-        assert saved["optimizer"]["encoder_lr_scale"] == (0.0 if strategy == "frozen" else 1.0)
-    frozen = load_model(out / "frozen-1" / "checkpoints" / "best.pt")
-    assert all(torch.equal(a, b) for a, b in zip(frozen.encoder.state_dict().values(), source.encoder.state_dict().values()))
-    assert json.loads((out / "full-1" / "run.json").read_text())["head_sources"]["alloys_al"] == "bulk"
+    for strategy in STUDY_STRATEGIES:
+        info = json.loads((out / f"{strategy}-0.5-s1" / "finetuned.json").read_text())
+        assert info["train_split"] == "train[:0.5]" and info["seed"] == 1 and info["steps"] == 4
+        assert info["sources"]["alloys_al"] == (None if strategy == "scratch" else "bulk")
+        assert info["replay"] == (0.25 if strategy == "full+replay" else 0.0)
+        assert info["checkpoint"] == (str(out / "scratch-s1.pt") if strategy == "scratch" else str(pretrained))
+        model = load_model(out / f"{strategy}-0.5-s1" / "model.pt")
+        assert model.head_names[:3] == load_model(pretrained).head_names and set(model.head_names[3:]) == set(DOWNSTREAM)
+    forgetting = table.groupby("strategy")["forgetting"].agg(["min", "max"])
+    assert forgetting.loc["head"].tolist() == [0.0, 0.0]  # head-only leaves the pretrained heads as they were
+    assert (forgetting.loc["full"] != 0).all() and forgetting.loc["scratch"].isna().all()
+    # the seeds differ: the scratch baseline's weights and the batches
+    scratch = table[(table["strategy"] == "scratch") & (table["fraction"] == 1.0)]
+    assert scratch.groupby("dataset")["forces_mae"].nunique().max() == 2
 
 
-def test_study_tables_come_back_from_run_directories_and_are_not_redone(study, pretrained, demo_dir):
+def test_study_tables_come_back_from_cell_directories_and_are_not_redone(study, pretrained, demo_dir):
     import pandas as pd
 
     from gfmkit.studies import finetune_table, run_finetune_study, transfer_gain
+    from gfmkit.studies.finetune import spread
     from gfmkit.viz.finetune import finetune_figure
 
     out, table = study
     pd.testing.assert_frame_equal(finetune_table(out), table)
     gain = transfer_gain(table)
-    assert list(gain.columns) == ["frozen", "full"] and len(gain) == 2 * 2  # two energy datasets x two fractions
-    assert len(finetune_figure(out).axes) == len(DOWNSTREAM)
-    before = {p.name: (p / "metrics.jsonl").read_bytes() for p in out.iterdir() if p.is_dir()}
+    assert list(gain.columns) == ["full", "full+replay", "head"] and len(gain) == 2 * 2  # two force datasets x two fractions
+    stats = spread(table)
+    assert (stats["count"] == 2).all() and (stats["max"] >= stats["min"]).all()
+    figure = finetune_figure(out)
+    assert len(figure.axes) == len(DOWNSTREAM) + 1 and "forgetting" in figure.axes[-1].get_title()
+    before = {p.name: (p / "finetuned.json").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()}
     again = run_finetune_study(pretrained, config(downstream(demo_dir), max_steps=4), out, fractions=(1.0,),
-                               strategies=["full"], heads={"alloys_al": "bulk"}, max_structures=3, progress=False)
-    assert {p.name: (p / "metrics.jsonl").read_bytes() for p in out.iterdir() if p.is_dir()} == before
+                               strategies=["full"], seeds=(0,), heads={"alloys_al": "bulk"}, max_structures=3,
+                               progress=False)
+    assert {p.name: (p / "finetuned.json").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()} == before
     pd.testing.assert_frame_equal(again, table)
-    with pytest.raises(ValueError, match="other config"):
+    with pytest.raises(ValueError, match="other.*steps"):
         run_finetune_study(pretrained, config(downstream(demo_dir), max_steps=5), out, progress=False)
     with pytest.raises(ValueError, match="unknown strategies"):
         run_finetune_study(pretrained, config(downstream(demo_dir)), out, strategies=["linear"], progress=False)
 
 
 def test_cli_reads_a_finished_fine_tuning_study(study):
-
     out, _ = study
-    result = run_cli("finetune", "--table", "--out", str(out))
-    assert result.returncode == 0, result.stderr
+    for form in (["finetune", "study", "--table"], ["finetune", "--table"]):  # the older form too
+        result = run_cli(*form, "--out", str(out))
+        assert result.returncode == 0, result.stderr
     assert (out / "finetune.csv").is_file() and (out / "finetune.png").stat().st_size > 10_000
     bad = run_cli("finetune", "x.pt", "c.yaml", "--heads", "alloys_al")
     assert bad.returncode == 1 and "DATASET=HEAD" in bad.stderr
+    bad = run_cli("finetune", "study", "x.pt")
+    assert bad.returncode == 1 and "CONFIG.yaml" in bad.stderr
 
 
 def test_paper_figures_find_the_fine_tuning_study(study, tmp_path):
@@ -204,18 +215,22 @@ def test_paper_figures_find_the_fine_tuning_study(study, tmp_path):
 
 def test_study_cells_are_configured_as_their_strategy_says(tmp_path):
     from gfmkit.data.ranged import split_selection
-    from gfmkit.studies.finetune import run_name, run_settings
+    from gfmkit.studies.finetune import cell_arguments, run_name
 
-    base = {"data": {"stores": ["x"]}, "optimizer": {"lr": 1e-3, "encoder_lr_scale": 0.1}, "model": {"hidden": 8}}
-    scales = {s: run_settings(base, "p.pt", {"hidden": 8}, s, 0.5, {})["optimizer"]["encoder_lr_scale"]
-              for s in ("scratch", "frozen", "full")}
-    assert scales == {"scratch": 1.0, "frozen": 0.0, "full": 0.1}  # the baseline is never slowed or frozen
-    tiny = run_settings(base, "p.pt", {}, "full", 1e-05, {})["data"]["train_split"]
+    settings = {"steps": 5, "batch_size": 4, "lr": 1e-3, "split": "test", "max_structures": None, "heads": {},
+                "pretrain_data": None, "replay": 0.25}
+    cells = {s: cell_arguments(settings, s, 0.5, 3) for s in ("scratch", "head", "lora", "last-k", "full", "full+replay")}
+    assert cells["scratch"]["strategy"] == "full" and cells["scratch"]["encoder_lr_scale"] == 1.0
+    assert cells["scratch"]["from_head"] == "none" and cells["scratch"]["pretrain_data"] == ()
+    assert cells["full+replay"]["strategy"] == "full" and cells["full+replay"]["replay"] == 0.25
+    assert all(c["seed"] == 3 and c["steps"] == 5 and c["train_split"] == "train[:0.5]" for c in cells.values())
+    assert {cells[s]["strategy"] for s in ("head", "lora", "last-k")} == {"head", "lora", "last-k"}
+    tiny = cell_arguments(settings, "full", 1e-05, 0)["train_split"]
     assert len(split_selection(np.zeros(50, dtype=int), tiny)) == 1
-    assert run_name("full", 1.0) == "full-1" and run_name("full", 0.1234561) != run_name("full", 0.1234564)
-    (tmp_path / "finetune.json").write_text(json.dumps({"strategies": ["scratch"], "fractions": [1.0]}))
+    assert run_name("full", 1.0, 0) == "full-1-s0" and run_name("full", 0.1234561, 0) != run_name("full", 0.1234564, 0)
+    (tmp_path / "finetune.json").write_text(json.dumps({"strategies": ["scratch"], "fractions": [1.0], "seeds": [0]}))
 
-    empty = run_cli("finetune", "--table", "--out", str(tmp_path))
+    empty = run_cli("finetune", "study", "--table", "--out", str(tmp_path))
     assert empty.returncode == 1 and "no evaluated runs" in empty.stderr
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gfmkit.models.adapters import EncoderAdapters
 from gfmkit.models.checkpoint import (
     CheckpointError,
     load_model,
@@ -13,6 +14,7 @@ from gfmkit.models.gate import HeadGate, fit_head_gate
 from gfmkit.models.multihead import MultiHeadPaiNN
 from gfmkit.models.predict import Prediction, predict
 from gfmkit.models.statistics import heads_from_stores
+from gfmkit.models.transfer import add_heads
 from gfmkit.models.weighting import set_head_compositions
 
 
@@ -25,11 +27,13 @@ def build_model(config: ModelConfig, stores, *, split: str = "train", comm=None)
 
 __all__ = [
     "CheckpointError",
+    "EncoderAdapters",
     "HeadConfig",
     "HeadGate",
     "ModelConfig",
     "MultiHeadPaiNN",
     "Prediction",
+    "add_heads",
     "build_model",
     "fit_head_gate",
     "heads_from_stores",

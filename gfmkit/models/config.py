@@ -61,8 +61,15 @@ class HeadConfig:
     # element fractions (symbol -> share of atoms) of the training data, for the training-free head
     # weights (gfmkit.models.weighting); empty: unknown (older checkpoints), the reference elements are used
     composition: dict[str, float] = field(default_factory=dict)
+    # which weight block of the stacked heads holds this head's MLP: 0 the model's own heads, k the k-th
+    # group of heads added by fine-tuning (gfmkit.finetune); added blocks never change the others' values
+    block: int = 0
+    # the head reads the encoder with its LoRA adapters (gfmkit.models.adapters); the other heads never do
+    adapted: bool = False
 
     def __post_init__(self) -> None:
+        if self.block < 0:
+            raise ValueError(f"head {self.name!r}: block must be >= 0, got {self.block}")
         if self.kind == "energy" and (self.target != "energy" or self.pooling != "sum"):
             raise ValueError(f"head {self.name!r}: an energy head has target 'energy' and sum pooling")
         if self.scale <= 0:

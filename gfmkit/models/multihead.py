@@ -39,6 +39,9 @@ class MultiHeadPaiNN(nn.Module):
         self.encoder = PaiNNEncoder(config.hidden, config.layers, config.n_rbf, config.cutoff, config.max_z, config.conditioning,
                                     basis=config.radial_basis)
         self.readout = StackedHeads(self.heads, config.hidden, config.head_hidden, config.max_z)
+        for block in range(len(self.readout.sizes)):
+            if len({h.adapted for h in self.heads if h.block == block}) > 1:
+                raise ValueError(f"heads of block {block} must all be adapted or all not")
         self.direct = nn.Linear(config.hidden, len(self.heads), bias=False) if config.direct_forces else None
         if config.init == "xavier":  # after torch's defaults, so "torch" draws the same numbers as before
             self.encoder.xavier_()
@@ -85,12 +88,47 @@ class MultiHeadPaiNN(nn.Module):
             raise ValueError(f"the gate weights {gate.n_heads} heads, the model has {len(self.heads)}")
         self._modules["gate"] = gate
 
+    @property
+    def adapters(self) -> nn.Module | None:
+        """The encoder's LoRA adapters (:class:`gfmkit.models.adapters.EncoderAdapters`) serving the heads
+        marked ``adapted``, or None; set with :meth:`set_adapters`."""
+        return self._modules.get("adapters")
+
+    def set_adapters(self, adapters: nn.Module | None) -> None:
+        """Attach (or with None remove) LoRA adapters of this model's encoder; saved with the weights."""
+        old = self.adapters
+        if old is not None and old is not adapters:
+            old.detach()
+        self._modules["adapters"] = adapters
+
+    def merge_adapters(self) -> None:
+        """Fold the LoRA adapters into a copy of the encoder for inference (the adapted heads then cost
+        one plain encoder pass); :meth:`unmerge_adapters` before training them further."""
+        if self.adapters is None:
+            raise ValueError("this model has no LoRA adapters to merge")
+        self.adapters.merge(self.encoder, self._new_encoder())
+
+    def unmerge_adapters(self) -> None:
+        """Use the adapters' low-rank updates again (see :meth:`merge_adapters`)."""
+        if self.adapters is not None:
+            self.adapters.unmerge()
+
+    def _new_encoder(self) -> PaiNNEncoder:
+        c = self.config
+        return PaiNNEncoder(c.hidden, c.layers, c.n_rbf, c.cutoff, c.max_z, c.conditioning, basis=c.radial_basis)
+
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """``nn.Module.load_state_dict``; a state with a head gate (``gate.*``) builds the gate first."""
+        """``nn.Module.load_state_dict``; a state with a head gate (``gate.*``) or LoRA adapters
+        (``adapters.*``) builds them first."""
         if self.gate is None and any(k.startswith("gate.") for k in state_dict):
             from gfmkit.models.gate import HeadGate
 
             self.set_gate(HeadGate.from_state_dict(state_dict, prefix="gate."))
+        if self.adapters is None and any(k.startswith("adapters.") for k in state_dict):
+            from gfmkit.models.adapters import EncoderAdapters
+
+            dtype = next(self.encoder.parameters()).dtype
+            self.set_adapters(EncoderAdapters.from_state_dict(self.encoder, state_dict).to(dtype))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def predict(self, batch: Any, **options: Any) -> Any:
@@ -129,7 +167,10 @@ class MultiHeadPaiNN(nn.Module):
         the graph so that a loss on forces/stress can be back-propagated.
         """
         conservative = forces and self.direct is None
-        state = self.head_pass(batch, positions=conservative, stress=stress)
+        needed = None
+        if self.adapters is not None and not energies:  # only the batch's own heads: skip a pass none reads
+            needed = torch.unique(batch.dataset).tolist()
+        state = self.head_pass(batch, positions=conservative, stress=stress, heads=needed)
         totals = state.totals
         own = totals.gather(1, batch.dataset[:, None]).squeeze(1)
         out = {keys.ENERGY: own}
@@ -148,10 +189,14 @@ class MultiHeadPaiNN(nn.Module):
                 out[keys.STRESS] = strain_to_stress(batch, grads[-1])
         return out if training else {k: t.detach() for k, t in out.items()}
 
-    def head_pass(self, batch: Any, *, positions: bool, stress: bool) -> HeadPass:
+    def head_pass(self, batch: Any, *, positions: bool, stress: bool, heads: Any = None) -> HeadPass:
         """One encoder pass over ``batch``: every head's total (B, n_heads), with positions (when
         ``positions``) and a symmetric strain (when ``stress``) as autograd inputs of the totals.
-        :meth:`forward` and :func:`gfmkit.models.predict.predict` both start from it."""
+        :meth:`forward` and :func:`gfmkit.models.predict.predict` both start from it.
+
+        A model with LoRA adapters runs a second, adapted pass for its ``adapted`` heads (the first pass,
+        and so every other head, never sees the adapters). ``heads`` (indices), when given, are the only
+        heads whose totals are needed: a pass no needed head reads is skipped (its heads' totals are 0)."""
         cell = batch.cell
         n_graphs = int(batch.natoms.numel())
         graph_of_atom = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(batch.z)
@@ -171,13 +216,41 @@ class MultiHeadPaiNN(nn.Module):
         condition = None
         if self.config.conditioning:
             condition = torch.stack([batch.charge, batch.spin], dim=1).index_select(0, graph_of_atom)
-        s, v = self.encoder(batch.z, vectors, batch.edge_index, condition)
-
-        per_atom = self.readout.per_atom(s, batch.z)  # (N, n_heads)
+        features = self._block_features(batch, vectors, condition, heads)
+        _, v = features[0] if features[0] is not None else next(f for f in features if f is not None)
+        per_atom = self.readout.per_atom([f[0] if f is not None else None for f in features], batch.z)  # (N, n_heads)
         totals = torch.zeros(n_graphs, per_atom.shape[1], dtype=per_atom.dtype, device=per_atom.device)
         totals = totals.index_add(0, graph_of_atom, per_atom)
         totals = torch.where(self.readout.is_mean, totals / batch.natoms[:, None].to(totals.dtype), totals)
         return HeadPass(totals, graph_of_atom, leaf if positions else None, strain, v)
+
+    def _block_features(self, batch: Any, vectors: torch.Tensor, condition: torch.Tensor | None,
+                        heads: Any) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """(s, v) of the encoder pass each head block reads: the plain pass, or the adapted one for the
+        blocks of ``adapted`` heads (when the model has adapters); None for a block no needed head is in."""
+        sizes = self.readout.sizes
+        starts = [sum(sizes[:b]) for b in range(len(sizes))]
+        adapted = [self.heads[start].adapted and self.adapters is not None for start in starts]
+        wanted = [True] * len(sizes)
+        if heads is not None:
+            chosen = {int(k) for k in heads}
+            wanted = [any(start + j in chosen for j in range(size)) for start, size in zip(starts, sizes)]
+        passes: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+        for use_adapters in sorted({a for a, w in zip(adapted, wanted) if w}):
+            passes[use_adapters] = self._encode(batch, vectors, condition, adapted=use_adapters)
+        if not passes:  # nothing needed: the plain pass, for shapes
+            passes[False] = self._encode(batch, vectors, condition, adapted=False)
+        return [passes[a] if w else None for a, w in zip(adapted, wanted)]
+
+    def _encode(self, batch: Any, vectors: torch.Tensor, condition: torch.Tensor | None, *,
+                adapted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if not adapted:
+            return self.encoder(batch.z, vectors, batch.edge_index, condition)
+        if self.adapters.merged is not None:
+            return self.adapters.merged(batch.z, vectors, batch.edge_index, condition)
+        with self.adapters.active():
+            return self.encoder(batch.z, vectors, batch.edge_index, condition)
+
 
 def run_direct(layer: nn.Linear, v: torch.Tensor) -> torch.Tensor:
     weight = layer.weight

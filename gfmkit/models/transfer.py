@@ -10,10 +10,12 @@ references.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import torch
 
+from gfmkit.models.config import HeadConfig
 from gfmkit.models.multihead import MultiHeadPaiNN
 
 
@@ -36,7 +38,13 @@ def transfer_weights(model: MultiHeadPaiNN, source: MultiHeadPaiNN, sources: Map
     if model.config != source.config:
         raise ValueError(f"model configs differ: {model.config} vs the pretrained {source.config}")
     model.encoder.load_state_dict(source.encoder.state_dict())
-    width = model.readout.head_hidden
+    copy_heads(model, source, sources)
+
+
+@torch.no_grad()
+def copy_heads(model: MultiHeadPaiNN, source: MultiHeadPaiNN, sources: Mapping[str, str | None]) -> None:
+    """Copy the MLP weights of head ``sources[name]`` of ``source`` into each head ``name`` of ``model``
+    that has one (also its direct-force row); the heads' kinds must agree."""
     for k, head in enumerate(model.heads):
         name = sources.get(head.name)
         if name is None:
@@ -45,10 +53,39 @@ def transfer_weights(model: MultiHeadPaiNN, source: MultiHeadPaiNN, sources: Map
         if source.heads[j].kind != head.kind:
             raise ValueError(f"head {head.name!r} ({head.kind}) cannot start from pretrained head {name!r} "
                              f"({source.heads[j].kind})")
-        new, old = slice(k * width, (k + 1) * width), slice(j * width, (j + 1) * width)
-        model.readout.w1[:, new] = source.readout.w1[:, old]
-        model.readout.b1[new] = source.readout.b1[old]
-        model.readout.w2[k] = source.readout.w2[j]
-        model.readout.b2[k] = source.readout.b2[j]
+        for new, old in zip(model.readout.head(k), source.readout.head(j)):
+            new.copy_(old)
         if model.direct is not None:
             model.direct.weight[k] = source.direct.weight[j]
+
+
+@torch.no_grad()
+def add_heads(model: MultiHeadPaiNN, heads: Sequence[HeadConfig], *, adapted: bool = False,
+              sources: Mapping[str, str | None] | None = None) -> MultiHeadPaiNN:
+    """A new model: ``model``'s encoder, adapters and every head as they are, plus ``heads`` (fitted
+    statistics included) in a new weight block, each started from pretrained head ``sources[name]``
+    (None: fresh weights). ``adapted``: the new heads read the LoRA-adapted encoder. Every existing
+    head predicts bit for bit what it did. A head gate is not carried over (it weighs the old heads
+    only: refit it with :func:`gfmkit.models.fit_head_gate`)."""
+    if model.direct is not None:
+        raise ValueError("heads cannot be added to a model with direct forces (its force readout is one matrix)")
+    block = max(h.block for h in model.heads) + 1
+    added = [dataclasses.replace(h, block=block, adapted=adapted) for h in heads]
+    new = MultiHeadPaiNN(model.config, [*model.heads, *added])
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("gate.")}
+    fresh = new.state_dict()
+    for key in ("reference", "scale", "shift"):  # the old heads' rows as they were, the new ones fitted
+        name = f"readout.{key}"
+        state[name] = torch.cat([state[name], fresh[name][len(model.heads):]])
+    for key in ("is_energy", "is_mean"):
+        state[f"readout.{key}"] = fresh[f"readout.{key}"]
+    prefix = f"readout.added.{block - 1}."
+    state.update({k: v for k, v in fresh.items() if k.startswith(prefix)})
+    if model.adapters is not None:
+        from gfmkit.models.adapters import EncoderAdapters
+
+        new.set_adapters(EncoderAdapters(new.encoder, rank=model.adapters.rank))
+    new = new.to(next(model.parameters()).dtype)
+    new.load_state_dict(state)
+    copy_heads(new, model, {h.name: (sources or {}).get(h.name) for h in added})
+    return new.to(model.readout.reference.device)

@@ -23,12 +23,14 @@ from gfmkit.train.distributed import (
     init_distributed,
 )
 from gfmkit.train.evaluate import Evaluation, evaluate, plot_history
+from gfmkit.train.finetune import FinetuneResult, finetune
 from gfmkit.train.trainer import Trainer, TrainingError, train
 
 __all__ = [
     "DataConfig",
     "Distributed",
     "Evaluation",
+    "FinetuneResult",
     "InitConfig",
     "Launch",
     "LossConfig",
@@ -40,6 +42,7 @@ __all__ = [
     "TrainingError",
     "detect_launch",
     "evaluate",
+    "finetune",
     "init_distributed",
     "load_train_config",
     "plot_history",

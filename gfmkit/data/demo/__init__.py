@@ -1,6 +1,6 @@
 """Built-in demo datasets, generated with ASE's own calculators (no downloads).
 
-Eight small datasets that mimic what a multi-task graph foundation model is trained on: several
+Eleven small datasets that mimic what a multi-task graph foundation model is trained on: several
 pretraining sets of very different sizes, chemistry, periodicity and level of theory, and downstream
 sets whose element combinations, level of theory or target the pretraining never saw.
 
@@ -15,7 +15,15 @@ name              role        LoT       targets                  structures
 ``alloys_al``     downstream  EMT       energy, forces, stress   Al alloys (Al never alloyed in pretraining)
 ``cu_morse``      downstream  Morse-Cu  energy, forces           Cu bulk + clusters, Morse pair potential
 ``bulk_modulus``  downstream  EMT       bulk_modulus (GPa)       small fcc cells at their EOS volume
+``vacancy_...``   downstream  EMT       vacancy_energy (eV)      fcc 2x2x2 metals and alloys with a vacancy
+``surface_...``   downstream  EMT       surface_energy (J/m^2)   (111)/(100)/(110) slabs of seven metals
+``adsorption...`` downstream  EMT       adsorption_energy (eV)   slabs (Ag included) with one H/C/N/O atom
 ================  ==========  ========  =======================  =============================================
+
+The six downstream tasks span the kinds of transfer the paper's twelve do: new chemistry
+(``alloys_al``), another level of theory (``cu_morse``), graph-level properties (``bulk_modulus``,
+``vacancy_energy``, ``surface_energy``) and adsorption (``adsorption_energy``); the property targets
+are unrelaxed EMT energies (each label a few EMT calls, so ``make demo`` stays about a minute).
 
 Structure ``k`` of a dataset depends only on ``(seed, dataset, k)`` (its own random generator and a
 fresh calculator), so MPI ranks that each generate a contiguous block write the same stores as one
@@ -31,9 +39,12 @@ One concern per module: :mod:`~gfmkit.data.demo.geometry` (random cells, cluster
 
 from gfmkit.data.demo.build import build_demo, generate_structures
 from gfmkit.data.demo.calculators import (
+    ADSORPTION_ENERGY,
     BULK_MODULUS,
     CU_MORSE,
     MORSE_LOT,
+    SURFACE_ENERGY,
+    VACANCY_ENERGY,
     emt_lattice_constant,
 )
 from gfmkit.data.demo.catalogue import (
@@ -53,6 +64,7 @@ from gfmkit.data.demo.structures import (
 
 __all__ = [
     "ADSORBATES",
+    "ADSORPTION_ENERGY",
     "AL_PARTNERS",
     "BULK_MODULUS",
     "CLUSTER_METALS",
@@ -61,7 +73,9 @@ __all__ = [
     "METALS",
     "MIN_STRUCTURES",
     "MORSE_LOT",
+    "SURFACE_ENERGY",
     "SURFACE_METALS",
+    "VACANCY_ENERGY",
     "DemoDataset",
     "build_demo",
     "demo_specs",

@@ -108,3 +108,59 @@ def bulk_modulus_label(atoms: Atoms) -> Atoms:
     out.set_cell(atoms.cell[:] * (volume * len(atoms) / atoms.get_volume()) ** (1 / 3), scale_atoms=True)
     out.info[BULK_MODULUS] = modulus
     return out
+
+
+#: Property targets of the graph-level downstream datasets (eV; J/m^2 for surface energies), and their ``info`` keys.
+VACANCY_ENERGY = "vacancy_energy"
+SURFACE_ENERGY = "surface_energy"
+ADSORPTION_ENERGY = "adsorption_energy"
+#: eV/Å^2 in J/m^2
+EV_PER_A2 = 16.021766
+
+
+def _emt_energy(atoms: Atoms) -> float:
+    work = atoms.copy()
+    work.calc = emt()
+    return float(work.get_potential_energy())
+
+
+def _plain(atoms: Atoms, info: dict[str, float]) -> Atoms:
+    """``atoms`` with only the given ``info`` (no helper geometry left behind)."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell[:] * atoms.pbc[:, None], pbc=atoms.pbc)
+    out.info.update(info)
+    return out
+
+
+@cache
+def emt_bulk_energy(symbol: str, a: float) -> float:
+    """EMT energy per atom (eV) of fcc ``symbol`` with lattice constant ``a``."""
+    return _emt_energy(bulk(symbol, "fcc", a=a))
+
+
+def vacancy_label(atoms: Atoms) -> Atoms:
+    """The EMT vacancy formation energy (eV, unrelaxed): E(cell with vacancy) - E(perfect cell) + the
+    removed element's fcc bulk energy per atom (its own EMT lattice constant)."""
+    removed = atoms.info["vacancy"]
+    energy = _emt_energy(atoms) - _emt_energy(atoms.info["perfect"])
+    energy += emt_bulk_energy(removed, round(emt_lattice_constant(removed), 6))
+    return _plain(atoms, {VACANCY_ENERGY: energy})
+
+
+def surface_energy_label(slab: Atoms) -> Atoms:
+    """The EMT surface energy (J/m^2, unrelaxed): (E(slab) - N E_bulk) / (2 A), with E_bulk the fcc
+    energy per atom at the slab's lattice constant."""
+    metal = slab.get_chemical_symbols()[0]
+    area = float(np.linalg.norm(np.cross(slab.cell[0], slab.cell[1])))
+    energy = (_emt_energy(slab) - len(slab) * emt_bulk_energy(metal, float(slab.info["a"]))) / (2 * area)
+    return _plain(slab, {SURFACE_ENERGY: energy * EV_PER_A2})
+
+
+@cache
+def _isolated_atom(symbol: str) -> float:
+    return _emt_energy(Atoms(symbol))
+
+
+def adsorption_label(atoms: Atoms) -> Atoms:
+    """The EMT adsorption energy (eV) of the last atom: E(slab + adsorbate) - E(slab) - E(isolated atom)."""
+    energy = _emt_energy(atoms) - _emt_energy(atoms.info["slab"]) - _isolated_atom(atoms[-1].symbol)
+    return _plain(atoms, {ADSORPTION_ENERGY: energy})

@@ -13,12 +13,18 @@ from ase.calculators.calculator import Calculator
 
 from gfmkit import keys
 from gfmkit.data.demo.calculators import (
+    ADSORPTION_ENERGY,
     BULK_MODULUS,
     MORSE_LOT,
+    SURFACE_ENERGY,
+    VACANCY_ENERGY,
+    adsorption_label,
     bulk_modulus_label,
     calculator_label,
     emt,
     morse,
+    surface_energy_label,
+    vacancy_label,
 )
 from gfmkit.data.demo.structures import (
     ADSORBATES,
@@ -26,13 +32,16 @@ from gfmkit.data.demo.structures import (
     CLUSTER_METALS,
     METALS,
     SURFACE_METALS,
+    adsorbate_structure,
     alloy_al_structure,
     bulk_modulus_structure,
     bulk_structure,
     cluster_structure,
     cu_structure,
     molecule_structure,
+    slab_structure,
     surface_structure,
+    vacancy_structure,
 )
 from gfmkit.data.emt_variants import EMTB
 from gfmkit.data.spec import DatasetSpec, LabelSpec, ValidationSpec
@@ -163,6 +172,26 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             "volume, with the EMT bulk modulus (GPa, Birch-Murnaghan fit over +-3 % volume) as target.",
             METALS, (BULK_MODULUS,), bulk_modulus_structure, bulk_modulus_label,
             properties={BULK_MODULUS: BULK_MODULUS},
+        ),
+        DemoDataset(
+            "vacancy_energy", "downstream", "EMT", 100,
+            "Cubic fcc 2x2x2 cells (31 atoms) of Cu/Ag/Au/Ni/Pd/Pt and binaries with one vacancy, slightly strained, "
+            "with the EMT vacancy formation energy (eV, unrelaxed) as target: a defect energy.",
+            METALS, (VACANCY_ENERGY,), vacancy_structure, vacancy_label, properties={VACANCY_ENERGY: VACANCY_ENERGY},
+        ),
+        DemoDataset(
+            "surface_energy", "downstream", "EMT", 150,
+            "fcc(111)/(100)/(110) slabs (3-5 layers of 2x2) of Cu/Ag/Au/Ni/Pd/Pt/Al, strained by up to 2 %, with the "
+            "EMT surface energy (J/m^2, unrelaxed) as target.",
+            METALS + ("Al",), (SURFACE_ENERGY,), slab_structure, surface_energy_label,
+            properties={SURFACE_ENERGY: SURFACE_ENERGY},
+        ),
+        DemoDataset(
+            "adsorption_energy", "downstream", "EMT", 150,
+            "fcc(111)/(100) 2x2x3 slabs of Cu/Ni/Pd/Pt/Au and Ag (no Ag surface in pretraining) with one H/C/N/O "
+            "adsorbate, with the EMT adsorption energy (eV, against the isolated atom) as target.",
+            SURFACE_METALS + ("Ag",) + ADSORBATES, (ADSORPTION_ENERGY,), adsorbate_structure, adsorption_label,
+            properties={ADSORPTION_ENERGY: ADSORPTION_ENERGY},
         ),
     )
 }

@@ -6,7 +6,7 @@ from functools import cache
 
 import numpy as np
 from ase import Atoms
-from ase.build import add_adsorbate, bulk, fcc100, fcc111, molecule
+from ase.build import add_adsorbate, bulk, fcc100, fcc110, fcc111, molecule
 from ase.collections import g2
 
 from gfmkit.data.demo.calculators import emt_lattice_constant
@@ -121,3 +121,45 @@ def bulk_modulus_structure(rng: np.random.Generator) -> Atoms:
     return atoms
 
 
+
+
+def vacancy_structure(rng: np.random.Generator) -> Atoms:
+    """A ``vacancy_energy`` cell: a cubic fcc 2x2x2 supercell (32 sites) of a metal or binary alloy of
+    :data:`METALS` at its Vegard (EMT) lattice constant, slightly strained, with one atom removed (the
+    removed element is kept in ``info['vacancy']``)."""
+    symbols = decorate(32, binary_or_pure(rng, METALS, METALS, p_pure=0.5), rng)
+    a = float(np.mean([emt_lattice_constant(s) for s in symbols])) * rng.uniform(0.99, 1.01)
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat((2, 2, 2))
+    atoms.set_chemical_symbols(symbols)
+    removed = int(rng.integers(len(atoms)))
+    atoms.info["vacancy"] = atoms[removed].symbol
+    atoms.info["perfect"] = atoms.copy()
+    del atoms[removed]
+    return atoms
+
+
+def slab_structure(rng: np.random.Generator) -> Atoms:
+    """A ``surface_energy`` slab: fcc(111), (100) or (110) of one of :data:`METALS` or Al, 3-5 layers of
+    2x2, at the EMT lattice constant strained by up to 2 % (the constant in ``info['a']``)."""
+    metal = (METALS + ("Al",))[rng.integers(len(METALS) + 1)]
+    a = emt_lattice_constant(metal) * rng.uniform(0.98, 1.02)
+    build = (fcc111, fcc100, fcc110)[rng.integers(3)]
+    slab = build(metal, size=(2, 2, int(rng.integers(3, 6))), a=a, vacuum=6.0)
+    slab.info["a"] = a
+    return slab
+
+
+def adsorbate_structure(rng: np.random.Generator) -> Atoms:
+    """An ``adsorption_energy`` slab: fcc(111) or (100) of Cu/Ni/Pd/Pt/Au or Ag (a surface metal not in
+    pretraining), 2x2x3, one H/C/N/O adsorbate on a random site; the clean slab is kept in
+    ``info['slab']``."""
+    metal = (SURFACE_METALS + ("Ag",))[rng.integers(len(SURFACE_METALS) + 1)]
+    facet = ("111", "100")[rng.integers(2)]
+    build, sites = (fcc111, ("ontop", "bridge", "fcc", "hcp")) if facet == "111" else (fcc100, ("ontop", "bridge", "hollow"))
+    slab = build(metal, size=(2, 2, 3), a=emt_lattice_constant(metal), vacuum=6.0)
+    clean = slab.copy()
+    adsorbate = ADSORBATES[rng.integers(len(ADSORBATES))]
+    add_adsorbate(slab, adsorbate, 1.0, sites[rng.integers(len(sites))])
+    _set_bond_length(slab, rng.uniform(1.9, 2.3))
+    slab.info["slab"] = clean
+    return slab
