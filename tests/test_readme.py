@@ -14,10 +14,10 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-def test_the_readme_has_the_five_steps():
+def test_the_readme_has_the_six_steps():
     blocks = python_blocks(README.read_text())
-    assert len(blocks) >= 5
-    assert [b.splitlines()[0][:4] for b in blocks[:5]] == ["# 1.", "# 2.", "# 3.", "# 4.", "# 5."]
+    assert len(blocks) >= 6
+    assert [b.splitlines()[0][:4] for b in blocks[:6]] == ["# 1.", "# 2.", "# 3.", "# 4.", "# 5.", "# 6."]
 
 
 @pytest.mark.slow
@@ -34,3 +34,6 @@ def test_readme_snippets_run(tmp_path, monkeypatch):
     assert (summary["forces_mae"] < 0.2).all()  # eV/Å; a zero predictor: 0.5 (EMT), 1.3 (Morse)
     atoms = namespace["atoms"]
     assert abs(atoms.get_potential_energy()) < 1e3 and atoms.calc.results["forces"].shape == (len(atoms), 3)
+    tuned = namespace["tuned"]
+    assert tuned.model.head_names == ["cu_emt", "cu_morse", "cu_morse2"]
+    assert set(tuned.test["dataset"]) == {"cu_morse2"} and (tuned.test["forces_mae"] < 1.0).all()
