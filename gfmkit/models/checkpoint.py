@@ -8,6 +8,8 @@ or a truncated/corrupt file is a clear error.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, ...
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
+        raise CheckpointError(refusal(path, exc)) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gfmkit checkpoint")
     version = int(data.get("schema_version", 0))
@@ -70,6 +72,22 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         data = MIGRATIONS[version](data)
         version = int(data["schema_version"])
     return data
+
+
+def refusal(path: str | os.PathLike, exc: BaseException) -> str:
+    """One line saying why ``torch.load(path, weights_only=True)`` refused ``path``.
+
+    torch's own message suggests loading again with ``weights_only=False``: for a file from elsewhere that
+    is exactly what must not be done (it runs whatever code the file holds), so that advice is dropped."""
+    text = str(exc)
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)
+    if found:
+        return (f"{path}: refused: the file holds Python objects ({found[1]}) whose loading runs code, which no "
+                "gfmkit checkpoint does; gfmkit loads only tensors and plain data (weights_only=True)")
+    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
+        return f"{path}: not a readable checkpoint (not a torch file, or truncated or corrupt)"
+    first = " ".join(text.replace("\x1b", "").split())[:200]
+    return f"{path}: not a readable checkpoint (truncated or corrupt?): {first}"
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> MultiHeadPaiNN:
