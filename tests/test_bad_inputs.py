@@ -47,8 +47,9 @@ def one_line_error(result, *needles: str) -> str:
     """Assert a clean failure: non-zero, no traceback, no colour codes, one error line holding ``needles``."""
     assert result.returncode not in (0, None), result.stdout
     assert "Traceback" not in result.stderr and "\x1b" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, result.stderr
+    lines = result.stderr.rstrip("\n").splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr  # the message ends the output, whole
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
@@ -184,7 +185,7 @@ def test_a_missing_energy_key_names_the_key(ws, tmp_path):
 @pytest.mark.parametrize("text, needles", [
     ("name: x\nlevel_of_theory: EMT\nbogus: 1\n", ["spec.yaml", "unknown key 'bogus'"]),
     ("name: x\nlevel_of_theory: EMT\nsplit_seed: abc\n", ["spec.yaml", "split_seed"]),
-    ("name: x\nlevel_of_theory: EMT\nlabels:\n\tenergy: e\n", ["spec.yaml", "YAML"]),
+    ("name: x\nlevel_of_theory: EMT\nlabels:\n\tenergy: e\n", ["spec.yaml", "at line 4, column 1", "never tabs"]),
     ("- name\n- x\n", ["spec.yaml"]),
     ("name: x\nlevel_of_theory: EMT\nlabels: [1, 2]\n", ["spec.yaml", "labels"]),
 ], ids=["unknown-key", "wrong-type", "tab", "not-a-mapping", "section-not-a-mapping"])
@@ -222,7 +223,7 @@ def test_a_bad_training_config(ws, tmp_path, change, needles):
 
 def test_a_training_config_with_tabs(ws, tmp_path):
     text = yaml.safe_dump(tiny_config(ws / "good.bp")).replace("\n  ", "\n\t", 1)
-    one_line_error(_train(tmp_path, text), "train.yaml")
+    one_line_error(_train(tmp_path, text), "train.yaml", "at line", "never tabs")
 
 
 def test_training_on_a_folder_without_stores(tmp_path):
@@ -266,6 +267,25 @@ def test_a_damaged_store(ws, tmp_path, damage, needles):
     store = _copy_store(ws, tmp_path)
     damage(store)
     one_line_error(run_cli("data", "info", store), "copy.bp", *needles)
+
+
+def test_adios2_garbage_is_one_line_without_colour_codes(tmp_path):
+    junk = tmp_path / "junk.bp"
+    junk.mkdir()
+    for name in ("md.idx", "md.0", "data.0"):
+        (junk / name).write_bytes(b"not adios2 at all " * 8)
+    for result in (run_cli("data", "info", junk), _train(tmp_path, tiny_config(junk))):
+        one_line_error(result, "junk.bp")
+
+
+def test_a_hydragnn_file_missing_a_field(tmp_path):
+    from hydragnn_layout import emt_samples, write_hydragnn_bp
+
+    samples, _ = emt_samples(3, seed=0)
+    write_hydragnn_bp(tmp_path / "h.bp", {"trainset": [{k: v for k, v in s.items() if k != "pos"} for s in samples]})
+    one_line_error(run_cli("data", "info", tmp_path / "h.bp"), "h.bp", "'trainset'", "'pos'")
+    one_line_error(convert(None, tmp_path / "x.bp", tmp_path / "h.bp"), "h.bp", "'pos'")
+    assert not (tmp_path / "x.bp").exists()
 
 
 def test_a_store_of_a_newer_schema(ws, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,11 @@ def rank() -> int:
 
 
 def fail(command: str, message: str, code: int = 1) -> int:
+    """Report ``message`` on rank 0 as one line (a library's several lines and colour codes joined and
+    dropped) and return the exit code."""
     if rank() == 0:
-        print(f"gfmkit {command}: error: {message}", file=sys.stderr)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(message))
+        print(f"gfmkit {command}: error: {' '.join(text.split())}", file=sys.stderr)
     return code
 
 
