@@ -6,8 +6,10 @@ import argparse
 import json
 import re
 import sys
+import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 
@@ -91,6 +93,31 @@ def fail(command: str, message: str, code: int = 1) -> int:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(message))
         print(f"gfmkit {command}: error: {' '.join(text.split())}", file=sys.stderr)
     return code
+
+
+#: Under MPI, how long a rank other than 0 waits before reporting its own error: long enough for rank 0,
+#: when it failed the same way, to report once and end the job first.
+GRACE_S = 3.0
+
+
+def end_job(command: str, exc: BaseException, code: int | None) -> NoReturn:
+    """End the whole MPI job after ``exc`` on this rank, so that no other rank waits for it forever.
+
+    Rank 0 has reported a user error already (``code`` given); another rank's user error is reported
+    after :data:`GRACE_S` seconds, unless rank 0 ended the job by then (the same error on every rank
+    gives one line). A bug (``code`` None) is reported at once with the rank and its traceback."""
+    comm = world()
+    if code is None:
+        print(f"gfmkit {command}: error: rank {comm.rank} failed: {type(exc).__name__}: "
+              f"{' '.join(str(exc).split())}; aborting the job", file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
+    elif comm.rank != 0:
+        time.sleep(GRACE_S)
+        print(f"gfmkit {command}: error: rank {comm.rank}: {' '.join(str(exc).split())}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    comm.Abort(code or 1)
+    raise SystemExit(code or 1)  # not reached: Abort ends the process
 
 
 def setup_logging(verbose: bool) -> None:
