@@ -135,6 +135,8 @@ def _read_block_ends(path: str, send) -> None:
                     reader.read(name, [start[0] + count[0] - 1, *start[1:]], [1, *count[1:]])
         send.send("")
     except Exception as exc:  # noqa: BLE001 - any failure is the verdict
-        send.send(" ".join(str(exc).replace("\x1b", "").split())[:300])
+        from gfmkit.data.ranged import adios_message  # ranged imports this module
+
+        send.send(adios_message(exc)[:300])
     finally:
         send.close()

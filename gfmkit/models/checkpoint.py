@@ -8,7 +8,6 @@ or a truncated/corrupt file is a clear error.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -84,10 +83,9 @@ def refusal(path: str | os.PathLike, exc: BaseException) -> str:
     if found:
         return (f"{path}: refused: the file holds Python objects ({found[1]}) whose loading runs code, which no "
                 "gfmkit checkpoint does; gfmkit loads only tensors and plain data (weights_only=True)")
-    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
-        return f"{path}: not a readable checkpoint (not a torch file, or truncated or corrupt)"
-    first = " ".join(text.replace("\x1b", "").split())[:200]
-    return f"{path}: not a readable checkpoint (truncated or corrupt?): {first}"
+    if "zip archive" in text or "central directory" in text:
+        return f"{path}: not a readable checkpoint: the file is truncated or corrupt (its zip archive cannot be read)"
+    return f"{path}: not a readable checkpoint: not a file torch.save wrote (truncated, corrupt, or another kind of file)"
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> MultiHeadPaiNN:
