@@ -409,6 +409,20 @@ def test_screen_with_an_unknown_head(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "r.bp").exists()
 
 
+@pytest.mark.parametrize("source, needles", [
+    ("empty.extxyz", ["empty.extxyz", "empty file (no structures)"]),
+    ("random:0", ["random source", "COUNT must be at least 1"]),
+    ("nothing", ["nothing"]),
+], ids=["empty-file", "no-random-structures", "empty-folder"])
+def test_a_screen_source_that_yields_nothing(tiny_checkpoint, tmp_path, source, needles):
+    (tmp_path / "empty.extxyz").write_text("")
+    (tmp_path / "nothing").mkdir()
+    arg = source if source.startswith("random") else str(tmp_path / source)
+    result = run_cli("screen", tiny_checkpoint, "--source", arg, "--out", tmp_path / "r.bp", "--no-progress")
+    one_line_error(result, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.extxyz", "nothing"]
+
+
 def test_screen_with_structures_larger_than_the_edge_budget(tiny_checkpoint, tmp_path):
     # each structure above --max-edges is a batch of its own: screened, not dropped, no endless loop
     result = run_cli("screen", tiny_checkpoint, "--source", "random:4:8-8:Cu:seed=1", "--max-edges", "2",
