@@ -370,6 +370,11 @@ def _evaluate(checkpoint: Path, ws: Path, tmp_path: Path) -> object:
     return run_cli("evaluate", checkpoint, "--data", ws / "good.bp", "--out", tmp_path / "eval", "--no-progress")
 
 
+def _with_config(checkpoint: Path, **changes) -> dict:
+    data = torch.load(checkpoint, weights_only=True)
+    return {**data, "config": {**data["config"], **changes}}
+
+
 class _Payload:
     """Pickled with code to run on load: what a malicious checkpoint holds."""
 
@@ -386,7 +391,9 @@ class _Payload:
      ["schema 99 is newer than this gfmkit"]),
     (lambda p, good: torch.save({"format": "gfmkit-checkpoint", "x": _Payload()}, p),
      ["refused", "runs code"]),
-], ids=["truncated", "text-file", "foreign", "newer", "pickled-code"])
+    (lambda p, good: torch.save(_with_config(good, hidden=16), p),
+     ["state dict does not match its config", "of another shape (first encoder.", "in the file"]),
+], ids=["truncated", "text-file", "foreign", "newer", "pickled-code", "weights-not-matching-config"])
 def test_a_bad_checkpoint(ws, tmp_path, tiny_checkpoint, make, needles):
     bad = tmp_path / "model.pt"
     make(bad, tiny_checkpoint)

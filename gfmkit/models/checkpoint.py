@@ -97,9 +97,28 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     model = MultiHeadPaiNN(config, heads).to(getattr(torch, data.get("dtype", "float32")))
     try:
         model.load_state_dict(data["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: state dict does not match its config: {exc}") from None
+    except RuntimeError:
+        raise CheckpointError(f"{path}: state dict does not match its config: "
+                              f"{state_mismatch(model.state_dict(), data['state_dict'])}") from None
     return model.to(map_location)
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str:
+    """How the weights ``found`` differ from the ``expected`` ones, in one short line (torch's own
+    message lists every tensor)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    sizes = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if sizes:
+        k = sizes[0]
+        parts.append(f"{len(sizes)} tensor(s) of another shape (first {k}: {tuple(found[k].shape)} in the file, "
+                     f"{tuple(expected[k].shape)} for the config)")
+    if missing:
+        parts.append(f"{len(missing)} missing (first {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+    return "; ".join(parts) or "the tensors do not load"
 
 
 def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
