@@ -402,11 +402,15 @@ def test_a_bad_checkpoint(ws, tmp_path, tiny_checkpoint, make, needles):
     assert not (tmp_path / "eval").exists()
 
 
-def test_resume_from_a_file_that_is_not_a_checkpoint(ws, tmp_path):
+def test_resume_or_init_from_a_file_that_is_not_a_checkpoint(ws, tmp_path):
     bogus = tmp_path / "last.pt"
     bogus.write_text("not a checkpoint")
     path = _train_yaml(tmp_path, tiny_config(ws / "good.bp"))
-    one_line_error(run_cli("train", path, "--out", tmp_path / "run", "--resume", bogus, "--no-progress"), "last.pt")
+    one_line_error(run_cli("train", path, "--out", tmp_path / "run", "--resume", bogus, "--no-progress"),
+                   "last.pt: not a readable checkpoint")
+    one_line_error(_train(tmp_path, tiny_config(ws / "good.bp", init={"checkpoint": str(bogus)}, model=None)),
+                   "last.pt: not a readable checkpoint")
+    assert not (tmp_path / "run").exists()
 
 
 def test_screen_with_an_unknown_head(tiny_checkpoint, tmp_path):
