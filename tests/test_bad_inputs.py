@@ -434,6 +434,16 @@ def test_a_screen_source_that_yields_nothing(tiny_checkpoint, tmp_path, source, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.extxyz", "nothing"]
 
 
+def test_screen_with_an_element_above_max_z_names_the_structure(tiny_checkpoint, ws, tmp_path):
+    heavy = bulk("Cu", cubic=True)
+    heavy.numbers[2] = 101  # Md: beyond the model's max_z = 100
+    ase.io.write(tmp_path / "heavy.extxyz", [heavy])
+    result = run_cli("screen", tiny_checkpoint, "--source", ws / "good.extxyz", "--source", tmp_path / "heavy.extxyz",
+                     "--out", tmp_path / "r.bp", "--no-progress")
+    one_line_error(result, "heavy.extxyz[0]: atomic number 101 (Md) is outside this model's elements (1 to max_z = 100)")
+    assert not (tmp_path / "r.bp").exists()
+
+
 def test_screen_with_structures_larger_than_the_edge_budget(tiny_checkpoint, tmp_path):
     # each structure above --max-edges is a batch of its own: screened, not dropped, no endless loop
     result = run_cli("screen", tiny_checkpoint, "--source", "random:4:8-8:Cu:seed=1", "--max-edges", "2",

@@ -30,6 +30,7 @@ USER_ERRORS = (
     ("gfmkit.data.hydragnn", "HydraGNNFormatError"),
     ("gfmkit.data.labels", "StructureError"),
     ("gfmkit.models.checkpoint", "CheckpointError"),
+    ("gfmkit.models.calculator", "ModelInputError"),
     ("gfmkit.train.trainer", "TrainingError"),
 )
 
