@@ -30,6 +30,17 @@ def check_numbers(model: Any, numbers: np.ndarray) -> None:
         raise ModelInputError(f"atomic number {z} ({symbol}) is outside this model's elements (1 to max_z = {max_z})")
 
 
+def check_store_elements(model: Any, stores: Any) -> None:
+    """Raise :class:`ModelInputError` naming the first store (of a store, a MultiStore or a list) that
+    holds an element beyond ``model``'s ``max_z``, before any of its structures reaches the model."""
+    max_z = model.config.max_z
+    for store in getattr(stores, "stores", None) or ([stores] if hasattr(stores, "elements") else stores):
+        beyond = [e for e in store.elements if chemical_symbols.index(e) > max_z]
+        if beyond:
+            raise ModelInputError(f"{store.path}: element(s) {', '.join(beyond)} beyond the model's max_z = {max_z} "
+                                  "(it has no embedding for them; a new model needs a larger model.max_z)")
+
+
 def trained_elements(head: Any) -> set[str]:
     """The elements ``head`` saw in training (its composition, else its reference energies; empty: unknown)."""
     return set(head.composition) or set(head.reference_energies)
