@@ -185,6 +185,32 @@ def test_a_missing_energy_key_names_the_key(ws, tmp_path):
                    "good.extxyz[0]", "energy")
 
 
+def test_a_negative_minimum_distance_is_refused(ws, tmp_path):
+    one_line_error(convert(ws, tmp_path / "x.bp", ws / "good.extxyz", min_distance=-1),
+                   "validation.min_distance must be 0 or more, got -1.0")
+    assert not (tmp_path / "x.bp").exists()
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--scale", "-1"], ["--scale: must be a number above 0, got -1"]),
+    (["--scale", "nan"], ["--scale: must be a number above 0, got nan"]),
+    (["--datasets", "nosuch"], ["--datasets: unknown demo dataset(s) ['nosuch']"]),
+], ids=["negative-scale", "nan-scale", "unknown-dataset"])
+def test_bad_demo_options(tmp_path, args, needles):
+    one_line_error(run_cli("data", "demo", "--out", tmp_path / "demo", *args), *needles)
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("make_args, needles", [
+    (lambda ws, t: ["data", "figure", ws / "good.bp", "--out", t / "fig.txt"], ["fig.txt: matplotlib cannot write txt"]),
+    (lambda ws, t: ["data", "sampling", ws / "good.bp", "--figure", t / "s.docx"], ["s.docx: matplotlib cannot write docx"]),
+    (lambda ws, t: ["figures", ws, "--out", t / "figs", "--formats", "png,txt"], ["matplotlib cannot write txt"]),
+], ids=["data-figure", "sampling-figure", "figures-formats"])
+def test_an_image_format_matplotlib_cannot_write(ws, tmp_path, make_args, needles):
+    one_line_error(run_cli(*make_args(ws, tmp_path)), *needles)
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- YAML configs ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, needles", [
     ("name: x\nlevel_of_theory: EMT\nbogus: 1\n", ["spec.yaml", "unknown key 'bogus'"]),

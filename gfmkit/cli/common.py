@@ -70,6 +70,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number of at least 0."""
     value = int(text)
@@ -147,8 +155,23 @@ def print_json(data: Any) -> None:
         print(json.dumps(data, indent=2, default=str))
 
 
+def image_file(path: Path, default_name: str, *, overwrite: bool = False) -> Path:
+    """Where to write one figure (:func:`gfmkit.outputs.output_file`), refused before any drawing when
+    matplotlib cannot write the format its suffix names."""
+    from gfmkit.outputs import OutputError, output_file
+    from gfmkit.viz.figures import check_image_formats
+
+    target = output_file(path, default_name, overwrite=overwrite)
+    try:
+        check_image_formats([target.suffix.lstrip(".") or "png"], str(target))
+    except ValueError as exc:
+        raise OutputError(str(exc)) from None
+    return target
+
+
 def save_figure_file(figure: Any, target: Path) -> None:
-    """Write a matplotlib figure to ``target`` atomically, in the format its suffix names, and close it."""
+    """Write a matplotlib figure to ``target`` (from :func:`image_file`) atomically, in the format its
+    suffix names, and close it."""
     import matplotlib.pyplot as plt
 
     from gfmkit.files import atomic_path
