@@ -460,6 +460,15 @@ def test_a_screen_source_that_yields_nothing(tiny_checkpoint, tmp_path, source, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.extxyz", "nothing"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_screen_on_a_device_this_machine_lacks(tiny_checkpoint, tmp_path):
+    result = run_cli("screen", tiny_checkpoint, "--source", "random:4:2-4:Cu:seed=1", "--device", "cuda",
+                     "--out", tmp_path / "r.bp", "--no-progress")
+    line = one_line_error(result, "best.pt: cannot be loaded onto device 'cuda': this machine has no CUDA device")
+    assert "not a readable checkpoint" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_screen_with_an_element_above_max_z_names_the_structure(tiny_checkpoint, ws, tmp_path):
     heavy = bulk("Cu", cubic=True)
     heavy.numbers[2] = 101  # Md: beyond the model's max_z = 100
@@ -555,6 +564,10 @@ def test_a_profile_with_a_bad_launcher(tmp_path, launcher, needles):
 def test_an_unknown_profile_name(tmp_path):
     one_line_error(run_cli("cluster", "script", "--profile", "nosuchmachine", "--nodes", "1", "--out", tmp_path / "j.sh",
                            "--", "true"), "nosuchmachine")
+
+
+def test_stopping_a_cluster_that_is_not_running():
+    one_line_error(run_cli("cluster", "stop", "gfmkit-nosuchcluster"), "no running gfmkit cluster ['gfmkit-nosuchcluster']")
 
 
 def test_a_search_space_with_an_empty_range(ws, tmp_path):

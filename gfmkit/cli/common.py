@@ -31,6 +31,7 @@ USER_ERRORS = (
     ("gfmkit.data.labels", "StructureError"),
     ("gfmkit.models.checkpoint", "CheckpointError"),
     ("gfmkit.models.calculator", "ModelInputError"),
+    ("gfmkit.cluster.engines", "ClusterNotFound"),
     ("gfmkit.train.trainer", "TrainingError"),
 )
 

@@ -58,8 +58,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, ...
-        raise CheckpointError(refusal(path, exc)) from None
+    except Exception as exc:  # truncated zip, foreign pickle, a device this machine lacks, ...
+        raise CheckpointError(refusal(path, exc, map_location)) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gfmkit checkpoint")
     version = int(data.get("schema_version", 0))
@@ -73,12 +73,16 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return data
 
 
-def refusal(path: str | os.PathLike, exc: BaseException) -> str:
-    """One line saying why ``torch.load(path, weights_only=True)`` refused ``path``.
+def refusal(path: str | os.PathLike, exc: BaseException, map_location: Any = "cpu") -> str:
+    """One line saying why ``torch.load(path, weights_only=True, map_location=...)`` refused ``path``.
 
     torch's own message suggests loading again with ``weights_only=False``: for a file from elsewhere that
     is exactly what must not be done (it runs whatever code the file holds), so that advice is dropped."""
     text = str(exc)
+    device = re.search(r"on a (\w+) device but torch\.\w+\.is_available\(\) is False", text)
+    if device:
+        return (f"{path}: cannot be loaded onto device {str(map_location)!r}: this machine has no {device[1]} device "
+                "(use --device cpu, or device='cpu')")
     found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)
     if found:
         return (f"{path}: refused: the file holds Python objects ({found[1]}) whose loading runs code, which no "
