@@ -78,7 +78,7 @@ BREAK_ONE_RANK = """
 import importlib, sys
 from mpi4py import MPI
 
-module, attribute, rank, at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+module, attribute, rank, at, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 owner = importlib.import_module(module)
 *path, name = attribute.split(".")
 for part in path:
@@ -88,12 +88,15 @@ original, calls = getattr(owner, name), [0]
 def broken(*args, **kwargs):
     calls[0] += 1
     if MPI.COMM_WORLD.rank == rank and calls[0] >= at:
+        if kind == "user":  # bad input that only this rank meets (say, its shard of a damaged store)
+            from gfmkit.data.store_format import StoreError
+            raise StoreError(f"x.bp: damaged store, seen by rank {rank} only")
         raise RuntimeError(f"disk gone on rank {rank}")
     return original(*args, **kwargs)
 
 setattr(owner, name, broken)
 from gfmkit.cli import main
-sys.exit(main(sys.argv[5:]))
+sys.exit(main(sys.argv[6:]))
 """
 
 
@@ -107,24 +110,26 @@ def _wait_gone(pid: int, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _run_broken(tmp_path, target: str, rank: int, at: int, *args: str):
+def _run_broken(tmp_path, target: str, rank: int, at: int, *args: str, kind: str = "bug"):
     script = tmp_path / "broken.py"
     script.write_text(textwrap.dedent(BREAK_ONE_RANK))
     module, attribute = target.split(":")
     return subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script), module, attribute, str(rank), str(at),
-                           *args], capture_output=True, text=True, timeout=150, env=single_thread_env(),
+                           kind, *args], capture_output=True, text=True, timeout=150, env=single_thread_env(),
                           cwd=tmp_path, check=False)
 
 
 @pytest.mark.mpi
 def test_a_failing_training_rank_ends_the_job_with_its_message(demo_dir, tmp_path):
-    # before any collective: rank 0 waits for rank 1 to set up torch.distributed (this hung before)
+    # before any collective: rank 0 waits for rank 1 to set up torch.distributed (this hung before). The
+    # error is bad input rank 1 alone meets: reported by rank 1 after the grace rank 0 would have used.
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(tiny_config(demo_dir, max_steps=6, checkpoint_every=100, validate_every=100)))
     proc = _run_broken(tmp_path, "gfmkit.train.setup:open_stores", 1, 1, "train", str(config),
-                       "--out", str(tmp_path / "run"), "--no-progress")
+                       "--out", str(tmp_path / "run"), "--no-progress", kind="user")
     assert proc.returncode != 0
-    assert "gfmkit train: error: rank 1 failed: RuntimeError: disk gone on rank 1" in proc.stderr
+    assert "gfmkit train: error: rank 1: x.bp: damaged store, seen by rank 1 only" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1
 
 
 @pytest.mark.mpi
