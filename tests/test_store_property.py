@@ -39,7 +39,7 @@ def structures(draw) -> Atoms:
     return atoms
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames=st.lists(structures(), min_size=1, max_size=5), stress=st.booleans())
 def test_random_valid_structures_round_trip_through_a_store(frames, stress):
     if stress:  # a dataset declaring stress holds fully periodic structures only
