@@ -460,6 +460,15 @@ def test_a_screen_source_that_yields_nothing(tiny_checkpoint, tmp_path, source, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.extxyz", "nothing"]
 
 
+def test_screen_ranked_by_a_column_it_does_not_have_keeps_its_results(tiny_checkpoint, tmp_path):
+    result = run_cli("screen", tiny_checkpoint, "--source", "random:4:2-4:Cu:seed=1", "--top", "2", "--by", "nosuch",
+                     "--out", tmp_path / "r.bp", "--no-progress")
+    one_line_error(result, "--by: by='nosuch': not a column", "its results are in")
+    from gfmkit.data.results_store import ResultsStore
+
+    assert len(ResultsStore(tmp_path / "r.bp")) == 4
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_screen_on_a_device_this_machine_lacks(tiny_checkpoint, tmp_path):
     result = run_cli("screen", tiny_checkpoint, "--source", "random:4:2-4:Cu:seed=1", "--device", "cuda",
