@@ -73,6 +73,23 @@ def test_training_killed_at_random_steps_resumes_to_the_same_weights(demo_dir, t
     assert train["step"].tolist() == list(range(1, 9))  # the killed steps are dropped from the metrics
 
 
+def test_a_metrics_line_cut_short_is_skipped_by_every_reader(demo_dir, tmp_path, one_thread, caplog):
+    """A run killed (or a disk filled) in the middle of a metrics line, not resumed: its metrics, its
+    figures and a later record are still fine, the torn line skipped with a warning naming it."""
+    from gfmkit.rundir import RunDir
+
+    Trainer(tiny_config(demo_dir, max_steps=2, checkpoint_every=2, validate_every=2), tmp_path / "run").fit()
+    run = RunDir(tmp_path / "run")
+    with open(run.metrics_path, "a") as fh:
+        fh.write('{"time": 1.0, "phase": "train", "st')
+    caplog.set_level("WARNING", logger="gfmkit")
+    assert run.metrics().query("phase == 'train'")["step"].tolist() == [1, 2]
+    assert f"{run.metrics_path}:" in caplog.text and "cut short" in caplog.text
+    assert run_cli("figures", run.path, "--out", tmp_path / "figs", "--formats", "png").returncode == 0
+    run.log_metrics(phase="event", event="note")  # starts a line of its own after the torn one
+    assert run.records()[-1]["event"] == "note" and len(run.records()) == len(run.metrics())
+
+
 # -- one rank fails: the whole job ends with its message -----------------------------------------------
 BREAK_ONE_RANK = """
 import importlib, sys
