@@ -299,14 +299,24 @@ def test_a_damaged_store(ws, tmp_path, damage, needles):
     one_line_error(run_cli("data", "info", store), "copy.bp", *needles)
 
 
-def test_adios2_garbage_is_one_line_without_colour_codes(tmp_path):
+def test_files_that_are_not_adios2_are_refused_before_adios2_reads_them(tmp_path):
     junk = tmp_path / "junk.bp"
     junk.mkdir()
     for name in ("md.idx", "md.0", "data.0"):
         (junk / name).write_bytes(b"not adios2 at all " * 8)
     for result in (run_cli("data", "info", junk), _train(tmp_path, tiny_config(junk))):
-        line = one_line_error(result, "junk.bp: damaged store")
-        assert "ADIOS2 EXCEPTION" not in line and "<Engine>" not in line
+        one_line_error(result, "junk.bp: not a readable ADIOS2 store, its md.idx does not start with an ADIOS2")
+
+
+def test_an_adios2_error_is_one_line_without_colour_codes(ws, tmp_path):
+    # an index table's header, then garbage: ADIOS2 itself fails (after its own 5 s wait), in colour
+    junk = tmp_path / "junk.bp"
+    junk.mkdir()
+    (junk / "md.idx").write_bytes((ws / "good.bp" / "md.idx").read_bytes()[:64] + b"garbage " * 24)
+    for name in ("md.0", "data.0"):
+        (junk / name).write_bytes(b"garbage " * 24)
+    line = one_line_error(run_cli("data", "info", junk), "junk.bp: damaged store, File", "junk.bp was found")
+    assert "ADIOS2 EXCEPTION" not in line and "<Engine>" not in line and "[1;" not in line
 
 
 def test_a_hydragnn_file_missing_a_field(tmp_path):
