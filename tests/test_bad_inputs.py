@@ -106,6 +106,9 @@ def _bad_structures(tmp: Path, how: str) -> Path:
     return path
 
 
+CASES = ("nan-energy", "inf-forces", "nan-positions", "overlapping-atoms", "zero-cell", "singular-cell")
+
+
 @pytest.mark.parametrize("how, field", [
     ("nan-energy", "energy: not finite"),
     ("inf-forces", "forces: contains NaN or inf"),
@@ -113,7 +116,7 @@ def _bad_structures(tmp: Path, how: str) -> Path:
     ("overlapping-atoms", "pos: atoms 0 and 1 are 0.0000 Å apart"),
     ("zero-cell", "cell: zero-volume or singular"),
     ("singular-cell", "cell: zero-volume or singular"),
-])
+], ids=CASES)
 def test_a_bad_structure_names_file_index_and_field(ws, tmp_path, how, field):
     path = _bad_structures(tmp_path, how)
     result = convert(ws, tmp_path / "x.bp", path)
