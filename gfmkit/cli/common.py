@@ -108,6 +108,9 @@ def fail(command: str, message: str, code: int = 1) -> int:
 #: Under MPI, how long a rank other than 0 waits before reporting its own error: long enough for rank 0,
 #: when it failed the same way, to report once and end the job first.
 GRACE_S = 3.0
+#: How long a failing rank waits after its last line before it ends the job: mpiexec forwards each rank's
+#: output through a proxy, and lines still on their way are lost when MPI_Abort tears the job down.
+FORWARD_S = 1.0
 
 
 def end_job(command: str, exc: BaseException, code: int | None) -> NoReturn:
@@ -126,6 +129,7 @@ def end_job(command: str, exc: BaseException, code: int | None) -> NoReturn:
         print(f"gfmkit {command}: error: rank {comm.rank}: {' '.join(str(exc).split())}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
+    time.sleep(FORWARD_S)
     comm.Abort(code or 1)
     raise SystemExit(code or 1)  # not reached: Abort ends the process
 
