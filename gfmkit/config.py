@@ -38,13 +38,29 @@ def load_config(cls: type[T], source: str | os.PathLike | Mapping[str, Any], *, 
         path = Path(source)
         origin = where or str(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            data = read_yaml(path, origin)
         except FileNotFoundError:
             raise ConfigError(f"{origin}: no such config file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
         data = {} if data is None else data
     return _build(cls, data, origin, prefix="")
+
+
+def read_yaml(path: str | os.PathLike, origin: str | None = None) -> Any:
+    """The data of the YAML file ``path``, read with ``yaml.safe_load`` (tags that build Python objects
+    are refused); invalid YAML is a :class:`ConfigError` in one line: file, line, column and the problem."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin or path}: not valid YAML{yaml_problem(exc)}") from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """``" at line L, column C: problem"`` for a YAML error (PyYAML's own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    hint = " (YAML indents with spaces, never tabs)" if "\\t" in problem else ""  # PyYAML writes the tab as backslash-t
+    return f"{where}: {problem}{hint}"
 
 
 def config_to_dict(obj: Any) -> Any:

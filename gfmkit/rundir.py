@@ -30,6 +30,9 @@ import pandas as pd
 
 from gfmkit.config import save_config
 from gfmkit.files import atomic_path
+from gfmkit.log import get_logger
+
+log = get_logger(__name__)
 
 # -- files of a run directory --------------------------------------------------------------------------
 CONFIG = "config.yaml"
@@ -99,15 +102,25 @@ class RunDir:
         row = {"time": time.time(), **(record or {}), **fields}
         line = json.dumps({k: _jsonable(v) for k, v in row.items()}, allow_nan=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a") as fh:
-            fh.write(line + "\n")
+        with open(self.metrics_path, "a+b") as fh:
+            torn = fh.tell() > 0 and _last_byte(fh) != b"\n"  # a line cut short by a killed process
+            fh.write((("\n" if torn else "") + line + "\n").encode())
             fh.flush()
 
     def records(self) -> list[dict[str, Any]]:
-        """All metrics records in the order they were logged (none when nothing was logged)."""
+        """All metrics records in the order they were logged (none when nothing was logged); a line that
+        a killed process or a full disk cut short is skipped with a warning."""
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        found = []
+        for number, line in enumerate(self.metrics_path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                log.warning("%s:%d: skipped a metrics line that was cut short", self.metrics_path, number)
+        return found
 
     def metrics(self) -> pd.DataFrame:
         """All metrics records as a table (empty when none were logged)."""
@@ -149,6 +162,14 @@ def _existing(checkpoint: Path) -> Path:
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint.parent.parent}: no checkpoint under {checkpoint.parent}")
     return checkpoint
+
+
+def _last_byte(fh: Any) -> bytes:
+    """The last byte of the open binary file ``fh`` (its position is left at the end)."""
+    fh.seek(-1, os.SEEK_END)
+    last = fh.read(1)
+    fh.seek(0, os.SEEK_END)
+    return last
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,7 +14,14 @@ from gfmkit.cli import demo as demo_cli
 from gfmkit.cli import figures as figures_cli
 from gfmkit.cli import kernel as kernel_cli
 from gfmkit.cli import train as train_cli
-from gfmkit.cli.common import add_shared_flags, fail, is_user_error, setup_logging
+from gfmkit.cli.common import (
+    add_shared_flags,
+    end_job,
+    fail,
+    is_user_error,
+    setup_logging,
+)
+from gfmkit.comm import world
 from gfmkit.outputs import oserror_message
 from gfmkit.progress import set_progress
 from gfmkit.studies.registry import studies
@@ -49,14 +56,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_progress(False)
     try:
         return int(args.func(args) or 0)
-    except OSError as exc:  # a file in the way, no permission, a full disk: the path and the cause
-        return fail(args.command, oserror_message(exc))
     except KeyboardInterrupt:
         return fail(args.command, "interrupted", code=130)
     except Exception as exc:
-        if is_user_error(exc):
-            return fail(args.command, str(exc))
-        raise
+        if isinstance(exc, OSError):  # a file in the way, no permission, a full disk: the path and the cause
+            code = fail(args.command, oserror_message(exc))
+        elif is_user_error(exc):
+            code = fail(args.command, str(exc))
+        else:
+            code = None  # a bug: its traceback
+        if world().size > 1:  # a rank that returns would wait in MPI_Finalize for ranks that wait for it
+            end_job(args.command, exc, code)
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 
@@ -27,6 +30,8 @@ USER_ERRORS = (
     ("gfmkit.data.hydragnn", "HydraGNNFormatError"),
     ("gfmkit.data.labels", "StructureError"),
     ("gfmkit.models.checkpoint", "CheckpointError"),
+    ("gfmkit.models.calculator", "ModelInputError"),
+    ("gfmkit.cluster.engines", "ClusterNotFound"),
     ("gfmkit.train.trainer", "TrainingError"),
 )
 
@@ -66,6 +71,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number of at least 0."""
     value = int(text)
@@ -84,9 +97,41 @@ def rank() -> int:
 
 
 def fail(command: str, message: str, code: int = 1) -> int:
+    """Report ``message`` on rank 0 as one line (a library's several lines and colour codes joined and
+    dropped) and return the exit code."""
     if rank() == 0:
-        print(f"gfmkit {command}: error: {message}", file=sys.stderr)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(message))
+        print(f"gfmkit {command}: error: {' '.join(text.split())}", file=sys.stderr)
     return code
+
+
+#: Under MPI, how long a rank other than 0 waits before reporting its own error: long enough for rank 0,
+#: when it failed the same way, to report once and end the job first.
+GRACE_S = 3.0
+#: How long a failing rank waits after its last line before it ends the job: mpiexec forwards each rank's
+#: output through a proxy, and lines still on their way are lost when MPI_Abort tears the job down.
+FORWARD_S = 1.0
+
+
+def end_job(command: str, exc: BaseException, code: int | None) -> NoReturn:
+    """End the whole MPI job after ``exc`` on this rank, so that no other rank waits for it forever.
+
+    Rank 0 has reported a user error already (``code`` given); another rank's user error is reported
+    after :data:`GRACE_S` seconds, unless rank 0 ended the job by then (the same error on every rank
+    gives one line). A bug (``code`` None) is reported at once with the rank and its traceback."""
+    comm = world()
+    if code is None:
+        print(f"gfmkit {command}: error: rank {comm.rank} failed: {type(exc).__name__}: "
+              f"{' '.join(str(exc).split())}; aborting the job", file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
+    elif comm.rank != 0:
+        time.sleep(GRACE_S)
+        print(f"gfmkit {command}: error: rank {comm.rank}: {' '.join(str(exc).split())}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(FORWARD_S)
+    comm.Abort(code or 1)
+    raise SystemExit(code or 1)  # not reached: Abort ends the process
 
 
 def setup_logging(verbose: bool) -> None:
@@ -115,8 +160,23 @@ def print_json(data: Any) -> None:
         print(json.dumps(data, indent=2, default=str))
 
 
+def image_file(path: Path, default_name: str, *, overwrite: bool = False) -> Path:
+    """Where to write one figure (:func:`gfmkit.outputs.output_file`), refused before any drawing when
+    matplotlib cannot write the format its suffix names."""
+    from gfmkit.outputs import OutputError, output_file
+    from gfmkit.viz.figures import check_image_formats
+
+    target = output_file(path, default_name, overwrite=overwrite)
+    try:
+        check_image_formats([target.suffix.lstrip(".") or "png"], str(target))
+    except ValueError as exc:
+        raise OutputError(str(exc)) from None
+    return target
+
+
 def save_figure_file(figure: Any, target: Path) -> None:
-    """Write a matplotlib figure to ``target`` atomically, in the format its suffix names, and close it."""
+    """Write a matplotlib figure to ``target`` (from :func:`image_file`) atomically, in the format its
+    suffix names, and close it."""
     import matplotlib.pyplot as plt
 
     from gfmkit.files import atomic_path

@@ -8,7 +8,9 @@ from pathlib import Path
 from gfmkit.cli.common import (
     CLIError,
     comma_list,
+    image_file,
     non_negative_int,
+    positive_float,
     print_json,
     print_table,
     rank,
@@ -30,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     demo = data.add_parser("demo", help="build the built-in demo datasets (ASE EMT/Morse labels, no downloads)")
     demo.add_argument("--out", required=True, type=Path, help="directory for the <dataset>.bp stores")
-    demo.add_argument("--scale", type=float, default=1.0, help="multiply every dataset's size (default 1)")
+    demo.add_argument("--scale", type=positive_float, default=1.0, help="multiply every dataset's size (default 1)")
     demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--datasets", nargs="+", help="only these demo datasets")
     demo.add_argument("--overwrite", action="store_true", help="replace demo stores that exist in --out")
@@ -95,8 +97,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from gfmkit.data.demo import build_demo
 
-    table = build_demo(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets, progress=rank() == 0, comm=world(),
-                       overwrite=args.overwrite)
+    try:
+        table = build_demo(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets, progress=rank() == 0,
+                           comm=world(), overwrite=args.overwrite)
+    except KeyError as exc:  # an unknown demo dataset name
+        raise CLIError(f"--datasets: {exc.args[0]}") from None
     print_table(table)
     return 0
 
@@ -199,7 +204,7 @@ def run_figure(args: argparse.Namespace) -> int:
     from gfmkit.viz.data import dataset_overview
 
     stores = open_stores(args.stores).stores
-    target = output_file(args.out, "datasets.png", overwrite=args.overwrite)
+    target = image_file(args.out, "datasets.png", overwrite=args.overwrite)
     save_figure_file(dataset_overview(stores), target)
     print(f"wrote {target}")
     return 0
@@ -228,7 +233,7 @@ def run_sampling(args: argparse.Namespace) -> int:
         matplotlib.use("Agg")
         from gfmkit.viz.data import sampling_overview
 
-        target = output_file(args.figure, "sampling.png", overwrite=args.overwrite)
+        target = image_file(args.figure, "sampling.png", overwrite=args.overwrite)
         save_figure_file(sampling_overview(plans), target)
         print(f"wrote {target}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gfmkit.cli.common import (
+    CLIError,
     non_negative_int,
     positive_int,
     print_json,
@@ -52,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gfmkit.config import ConfigError
     from gfmkit.studies.screen import screen, top_hits
 
     table = screen(args.checkpoint, args.source if len(args.source) > 1 else args.source[0], args.out,
@@ -67,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
               f"({summary['structures_per_s']:.1f} structures/s on {summary['ranks']} rank(s)) -> {args.out}")
         print_table(table.round(3))
     if args.top and rank() == 0:
-        hits, _ = top_hits(args.out, args.top, args.by, atoms=False)
+        try:
+            hits, _ = top_hits(args.out, args.top, args.by, atoms=False)
+        except ConfigError as exc:
+            raise CLIError(f"--by: {exc} (the screen itself finished: its results are in {args.out})") from None
         print_table(hits.round(4))
     return 0

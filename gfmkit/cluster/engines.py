@@ -62,6 +62,10 @@ class EngineDied(RuntimeError):
     """One or more engines stopped while a call was running on them."""
 
 
+class ClusterNotFound(RuntimeError):
+    """No running gfmkit cluster has the given id (or none is running to attach to)."""
+
+
 class ProfileEngineSetLauncher(MPIEngineSetLauncher):
     """ipyparallel's MPI engine-set launcher with the profile's whole launch command in front.
 
@@ -460,11 +464,11 @@ def attach(cluster_id: str | None = None, *, timeout: float = 60.0) -> EngineClu
 
     clusters = _gfmkit_clusters()
     if not clusters:
-        raise RuntimeError("no running gfmkit cluster to attach to (start one with gfmkit.cluster.start(..., persist=True))")
+        raise ClusterNotFound("no running gfmkit cluster to attach to (start one with gfmkit.cluster.start(..., persist=True))")
     if cluster_id is None:
         cluster_id = max(clusters, key=lambda c: Path(clusters[c].cluster_file).stat().st_mtime)
     if cluster_id not in clusters:
-        raise RuntimeError(f"no running gfmkit cluster {cluster_id!r}; running: {sorted(clusters)}")
+        raise ClusterNotFound(f"no running gfmkit cluster {cluster_id!r}; running: {sorted(clusters)}")
     cluster = clusters[cluster_id]
     side = _sidecar(cluster.profile_dir, cluster_id)
     info = json.loads(side.read_text()) if side.is_file() else {"profile": "local", "mode": "local"}
@@ -484,7 +488,7 @@ def stop_clusters(cluster_ids: list[str] | None = None) -> list[str]:
     clusters = _gfmkit_clusters()
     unknown = sorted(set(cluster_ids or []) - set(clusters))
     if unknown:
-        raise RuntimeError(f"no running gfmkit cluster {unknown}; running: {sorted(clusters)}")
+        raise ClusterNotFound(f"no running gfmkit cluster {unknown}; running: {sorted(clusters)}")
     stopped = []
     for cluster_id in cluster_ids or sorted(clusters):
         cluster = clusters[cluster_id]

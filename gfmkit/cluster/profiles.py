@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-import yaml
-
-from gfmkit.config import ConfigError, load_config
+from gfmkit.config import ConfigError, load_config, read_yaml
 
 PROFILES_ENV = "GFMKIT_PROFILES"
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "hpc_profiles"
@@ -271,10 +269,7 @@ def find_profile(name_or_path: str | os.PathLike) -> Path:
 def load_profile(name_or_path: str | os.PathLike) -> Profile:
     """Read and validate a profile by name or path; a :class:`~gfmkit.config.ConfigError` names file and key."""
     path = find_profile(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path)
     if isinstance(data, dict):
         for key in ("name", "source"):
             if key in data:

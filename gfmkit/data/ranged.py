@@ -161,8 +161,10 @@ def locate(bounds: np.ndarray, index: int) -> tuple[int, int]:
 def adios_message(exc: BaseException) -> str:
     """An ADIOS2 exception's text in one line, without its terminal colour codes and timestamps."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    text = re.sub(r"\x1b|\[[0-9;]*m", "", text)  # also the codes' remains when ESC was already dropped
     text = re.sub(r"\[[A-Z][a-z]{2} [A-Z][a-z]{2} +\d+ [0-9:]+ \d{4}\]", "", text)
-    return " ".join(text.replace("[ADIOS2 EXCEPTION]", "").split())
+    text = re.sub(r"^\s*(<\w+>\s*)+:\s*", "", text.replace("[ADIOS2 EXCEPTION]", ""))  # <Engine> <BP4Reader> ... :
+    return " ".join(text.split())
 
 
 def as_list(value: Any) -> list[Any]:

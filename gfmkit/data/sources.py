@@ -17,6 +17,7 @@ import ase.db
 import ase.io
 import numpy as np
 from ase import Atoms
+from ase.io.formats import ioformats
 
 DATABASE_SUFFIXES = (".db", ".aselmdb", ".lmdb")
 SourceLike = str | os.PathLike | Atoms | Iterable[Atoms]
@@ -55,6 +56,9 @@ MAX_CONSECUTIVE_FAILURES = 3
 def _read_file(path: str, format: str | None) -> Iterator[tuple[int, Atoms | Exception]]:
     """Every structure of a file, restarting after one that fails to parse so that the good structures
     after a bad one are kept (ase.io's iterator ends at the first exception)."""
+    if os.path.getsize(path) == 0:
+        yield 0, ValueError("empty file (no structures)")
+        return
     start, failures = 0, 0
     while True:
         index = start - 1
@@ -115,6 +119,8 @@ def _atoms_units(atoms: list[Atoms], label: str, chunk: int = 1000) -> list[Unit
 def _path_units(path: Path, format: str | None, db_chunk: int) -> list[Unit]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    if format is not None and format not in ioformats:
+        raise ValueError(f"format {format!r}: ase.io knows no such format (`ase info --formats` lists them)")
     is_db = format in ("db", "aselmdb") or (format is None and path.suffix in DATABASE_SUFFIXES)
     if not is_db:
         return [Unit(str(path), "file", str(path), cost=float(path.stat().st_size), format=format)]

@@ -57,6 +57,11 @@ class ValidationSpec:
     elements: list[str] | None = None  # allowed element symbols; None allows every real element
     min_cell_volume: float = 1e-6  # Å^3 spanned by the periodic cell vectors
 
+    def __post_init__(self) -> None:
+        for name in ("min_distance", "min_cell_volume"):
+            if not getattr(self, name) >= 0:  # also NaN
+                raise ValueError(f"validation.{name} must be 0 or more, got {getattr(self, name)}")
+
 
 @dataclass
 class DatasetSpec:

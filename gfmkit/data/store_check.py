@@ -22,6 +22,7 @@ from pathlib import Path
 from gfmkit.data.store_format import StoreError
 
 MANIFEST = "gfmkit-store.json"
+BP_HEADER = b"ADIOS-BP v"
 PROBE_TIMEOUT = float(os.environ.get("GFMKIT_STORE_PROBE_TIMEOUT", "10"))
 _verdicts: dict[tuple, str | None] = {}  # per process: the same files, the same verdict
 
@@ -89,6 +90,10 @@ def _check_structure(path: Path, entries: dict[str, Path]) -> None:
     for name in ["md.idx", "md.0"]:
         if entries[name].stat().st_size == 0:
             raise StoreDamaged(f"{path}: damaged store, {name} is empty")
+    with open(entries["md.idx"], "rb") as fh:  # BP4 and BP5 index tables open with this header
+        if not fh.read(len(BP_HEADER)) == BP_HEADER:
+            raise StoreDamaged(f"{path}: not a readable ADIOS2 store, its md.idx does not start with an ADIOS2 "
+                               "index table")
 
 
 def _probe(path: Path) -> None:
@@ -135,6 +140,8 @@ def _read_block_ends(path: str, send) -> None:
                     reader.read(name, [start[0] + count[0] - 1, *start[1:]], [1, *count[1:]])
         send.send("")
     except Exception as exc:  # noqa: BLE001 - any failure is the verdict
-        send.send(" ".join(str(exc).replace("\x1b", "").split())[:300])
+        from gfmkit.data.ranged import adios_message  # ranged imports this module
+
+        send.send(adios_message(exc)[:300])
     finally:
         send.close()

@@ -8,6 +8,7 @@ or a truncated/corrupt file is a clear error.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, ...
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
+    except Exception as exc:  # truncated zip, foreign pickle, a device this machine lacks, ...
+        raise CheckpointError(refusal(path, exc, map_location)) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gfmkit checkpoint")
     version = int(data.get("schema_version", 0))
@@ -72,6 +73,25 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return data
 
 
+def refusal(path: str | os.PathLike, exc: BaseException, map_location: Any = "cpu") -> str:
+    """One line saying why ``torch.load(path, weights_only=True, map_location=...)`` refused ``path``.
+
+    torch's own message suggests loading again with ``weights_only=False``: for a file from elsewhere that
+    is exactly what must not be done (it runs whatever code the file holds), so that advice is dropped."""
+    text = str(exc)
+    device = re.search(r"on a (\w+) device but torch\.\w+\.is_available\(\) is False", text)
+    if device:
+        return (f"{path}: cannot be loaded onto device {str(map_location)!r}: this machine has no {device[1]} device "
+                "(use --device cpu, or device='cpu')")
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)
+    if found:
+        return (f"{path}: refused: the file holds Python objects ({found[1]}) whose loading runs code, which no "
+                "gfmkit checkpoint does; gfmkit loads only tensors and plain data (weights_only=True)")
+    if "zip archive" in text or "central directory" in text:
+        return f"{path}: not a readable checkpoint: the file is truncated or corrupt (its zip archive cannot be read)"
+    return f"{path}: not a readable checkpoint: not a file torch.save wrote (truncated, corrupt, or another kind of file)"
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> MultiHeadPaiNN:
     """Rebuild the model a checkpoint describes, with its weights, dtype and head statistics."""
     data = read_checkpoint(path, map_location)
@@ -81,9 +101,28 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     model = MultiHeadPaiNN(config, heads).to(getattr(torch, data.get("dtype", "float32")))
     try:
         model.load_state_dict(data["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: state dict does not match its config: {exc}") from None
+    except RuntimeError:
+        raise CheckpointError(f"{path}: state dict does not match its config: "
+                              f"{state_mismatch(model.state_dict(), data['state_dict'])}") from None
     return model.to(map_location)
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str:
+    """How the weights ``found`` differ from the ``expected`` ones, in one short line (torch's own
+    message lists every tensor)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    sizes = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if sizes:
+        k = sizes[0]
+        parts.append(f"{len(sizes)} tensor(s) of another shape (first {k}: {tuple(found[k].shape)} in the file, "
+                     f"{tuple(expected[k].shape)} for the config)")
+    if missing:
+        parts.append(f"{len(missing)} missing (first {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+    return "; ".join(parts) or "the tensors do not load"
 
 
 def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:

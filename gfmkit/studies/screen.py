@@ -261,8 +261,12 @@ def _run_chunks(model, src, chunks, work, settings, loading, device, show) -> di
         for chunk, batches in thread_prefetch(stream) if prefetch else stream:
             now = time.perf_counter()
             times["data"] += now - tick
-            rows = [batch_rows(model, b.to(device), settings) for b in batches]
             lo, _ = dataset.bounds(chunk)
+            rows, first = [], lo
+            for b in batches:
+                check_batch_elements(model, b, first, src)
+                rows.append(batch_rows(model, b.to(device), settings))
+                first += int(b.natoms.shape[0])
             columns = _join(rows, lo)
             tock = time.perf_counter()
             times["model"] += tock - now
@@ -273,6 +277,30 @@ def _run_chunks(model, src, chunks, work, settings, loading, device, show) -> di
             bar.update(len(columns["natoms"]))
             bar.set_postfix_str(f"{count / max(tick - began, 1e-9):.1f} structures/s")
     return {"structures": count, "chunks": len(chunks), "seconds": time.perf_counter() - began, **times}
+
+
+def check_batch_elements(model: Any, batch: Any, first: int, source: Any) -> None:
+    """Raise :class:`~gfmkit.models.calculator.ModelInputError` naming the source and the structure
+    (``first`` is the batch's first structure in ``source``) when an element is beyond the model's ``max_z``."""
+    from gfmkit.models.calculator import ModelInputError, check_numbers
+
+    beyond = (batch.z > model.config.max_z) | (batch.z < 1)
+    if bool(beyond.any()):
+        atom = int(beyond.nonzero()[0, 0])
+        try:
+            check_numbers(model, batch.z[atom : atom + 1].cpu().numpy())
+        except ModelInputError as exc:
+            raise ModelInputError(f"{structure_name(source, first + int(batch.batch[atom]))}: {exc}") from None
+
+
+def structure_name(source: Any, index: int) -> str:
+    """``SPEC[i]``: the part of a (chained) source that holds structure ``index``, and its index there."""
+    from gfmkit.data.ranged import locate
+
+    while hasattr(source, "parts"):
+        k, index = locate(source.bounds, index)
+        source = source.parts[k]
+    return f"{source.spec}[{index}]"
 
 
 def batch_rows(model: Any, batch: Any, settings: dict[str, Any]) -> dict[str, np.ndarray]:

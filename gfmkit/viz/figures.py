@@ -78,6 +78,17 @@ DRAWERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     TRAINING_RUN: _history_figures, EVALUATION: evaluation_figures}
 
 
+def check_image_formats(formats: Sequence[str], where: str = "formats") -> None:
+    """Raise ValueError naming ``where`` when matplotlib cannot write one of the image ``formats``."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = FigureCanvasBase.get_supported_filetypes()
+    unknown = [f for f in formats if f.lower() not in supported]
+    if unknown:
+        raise ValueError(f"{where}: matplotlib cannot write {', '.join(unknown)} images; it writes "
+                         f"{', '.join(sorted(supported))}")
+
+
 def regenerate(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike = "figures",
@@ -93,6 +104,7 @@ def regenerate(
     gets a row with the error instead of stopping the others.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    check_image_formats(formats)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder for figures", str(out))
