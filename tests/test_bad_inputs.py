@@ -552,14 +552,12 @@ def test_the_calculator_warns_about_elements_no_head_was_trained_on():
         atoms.get_potential_energy()
 
 
-@pytest.mark.xfail(reason="needs /tmp/patches/harden-1.patch", strict=True)
 def test_training_data_above_max_z_names_the_store(ws, tmp_path):
     config = tiny_config(ws / "good.bp", model={"max_z": 20})
     one_line_error(_train(tmp_path, config), "good.bp: element(s) Cu, Pd beyond the model's max_z = 20")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.xfail(reason="needs /tmp/patches/harden-3.patch", strict=True)
 def test_evaluation_data_above_max_z_names_the_store(ws, tmp_path):
     from gfmkit.models.checkpoint import save_checkpoint
 

@@ -200,8 +200,11 @@ def test_an_engine_that_dies_is_an_error_not_a_hang():
         assert time.monotonic() - started < 60
         with pytest.raises(engines.EngineDied, match="lost engines"):
             cluster.run(engine_facts)
+        pids = list(cluster.engine_pids) + [cluster.cluster.controller.process.pid]
     finally:
         cluster.stop()
+    assert wait_gone(pids) == []  # stop still cleans up: the surviving engine and the controller
+    assert engines.running().empty
 
 
 def test_reattach_after_the_kernel_is_gone(tmp_path):

@@ -31,6 +31,7 @@ from gfmkit.data.graphs import GraphDataset, collate
 from gfmkit.data.multi import DatasetRegistry, MultiStore, open_stores
 from gfmkit.files import atomic_path
 from gfmkit.models import load_model, read_checkpoint
+from gfmkit.models.calculator import check_store_elements
 from gfmkit.models.multihead import MultiHeadPaiNN
 from gfmkit.outputs import check_folder_files
 from gfmkit.precision import get_policy, precision_scope
@@ -122,6 +123,7 @@ def evaluate(
     policy = get_policy(precision)
     model = model.to(device).to(policy.param_dtype).eval()
     multi = _open(stores, model.head_names)
+    check_store_elements(model, multi)  # an element beyond max_z: the store named, not an IndexError
     dataset = GraphDataset(multi, model.config.cutoff, split=split, dtype=policy.sensitive_dtype)
     names = multi.registry.names
     dataset_of = np.array([names[h] for h in dataset.head]) if len(dataset) else np.array([], dtype=str)

@@ -19,6 +19,7 @@ from gfmkit.data.sampling import DatasetMixer, GlobalBatchSampler
 from gfmkit.data.store_read import Store
 from gfmkit.log import get_logger
 from gfmkit.models import build_model, load_model, read_checkpoint
+from gfmkit.models.calculator import check_store_elements
 from gfmkit.models.config import HeadConfig, ModelConfig
 from gfmkit.models.multihead import MultiHeadPaiNN
 from gfmkit.models.transfer import head_sources, transfer_weights
@@ -136,6 +137,7 @@ class TrainingSetup:
         else:
             model = MultiHeadPaiNN(self.model_config,
                                    [load_config(HeadConfig, h, where=str(checkpoint)) for h in state["heads"]])
+        check_store_elements(model, self.stores)  # an element beyond max_z: the store named, not an IndexError
         missing = [name for name in self.stores.registry.names if name not in model.head_names]
         if missing:
             raise TrainingError(f"dataset(s) {missing} have no head in the model (heads: {model.head_names})")
