@@ -10,9 +10,9 @@ forces of every head:
 - ``naive``: K full passes (``model(batch)`` with every structure on head k: forward + backward each);
 - ``each``: ``model.predict(batch, forces="each")``: one encoder pass, per-head forces from K
   ``autograd.grad`` calls on the one graph (``per_head="loop"``, gfmkit's default);
-- ``each_batched``: the same with ``per_head="batched"`` (one vmap'd vector-Jacobian product), only where
-  it runs: with gfmkit's encoder backward it does not (in-place ``index_add_``); ``--vmap-shim`` swaps in
-  an out-of-place copy of that backward for this process only, to measure what the batched path would give;
+- ``each_batched``: the same with ``per_head="batched"`` (one vmap'd vector-Jacobian product; results
+  that measured it before 2026-11-30 needed the since-removed ``--vmap-shim``: an out-of-place copy of the
+  encoder's backward, which now runs under vmap itself);
 - ``weighted``: ``model.predict(batch, forces="weighted", weights="uniform")``: one pass, one backward;
 - ``single``: ``model(batch)`` of a one-head model, the reference for "weighted at 16 heads costs <= 1.3x
   a single head".
@@ -40,22 +40,6 @@ import peers
 from common import emit, log, machine_info, time_interleaved
 
 GOALS = {"weighted_over_naive_at_8": 5.0, "each_over_naive_at_8": 1.5, "weighted_16_over_single_max": 1.3}
-
-
-def vmap_shim() -> bool:
-    """Replace VectorMessage.backward in this process by a copy whose in-place ops are out of place, so
-    that ``is_grads_batched`` (vmap) runs through it. Returns whether the copy changed anything."""
-    import gfmkit.models.vector_message as vm
-
-    source = Path(vm.__file__).read_text()
-    patched = source.replace("torch.zeros_like(x).index_add_(0, j, scaled)", "torch.zeros_like(x).index_add(0, j, scaled)")
-    patched = patched.replace("edge_grad.mul_(w[:, None, :])", "edge_grad * w[:, None, :]")
-    if patched == source:
-        return False
-    namespace: dict[str, Any] = {}
-    exec(compile(patched, vm.__file__, "exec"), namespace)  # noqa: S102 - gfmkit's own source, patched for this benchmark
-    vm.VectorMessage.backward = staticmethod(namespace["VectorMessage"].backward)
-    return True
 
 
 def build(n_heads: int, dtype: torch.dtype, structures: list, device: str):
@@ -110,8 +94,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds, median reported (5; 3 with --quick)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--vmap-shim", action="store_true", help="measure per_head='batched' with an out-of-place copy "
-                   "of the encoder's vector-message backward (this process only)")
     p.add_argument("--tune-allocator", action="store_true", help="gfmkit.performance.tune_allocator() first")
     p.add_argument("--cases", default=None, help="comma-separated subset of single,naive,each,each_batched,weighted (all)")
     args = p.parse_args(argv)
@@ -125,7 +107,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from gfmkit.performance import tune_allocator
 
         tuned = tune_allocator()
-    shimmed = vmap_shim() if args.vmap_shim else False
     structures = peers.cuau_cells(batch_size, seed=0)
     edges = [int(ei.shape[1]) for ei, _ in peers.neighbours(structures)]
     report: dict[str, Any] = {
@@ -134,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(),
         "setup": {"cases": sorted(wanted) if wanted else "all", "device": args.device, "threads": args.threads, "batch": batch_size, "atoms_per_structure": len(structures[0]),
                   "edges_per_structure_mean": float(np.mean(edges)), "heads": head_counts, "repeats": repeats,
-                  "warmup": 1, "statistic": "median", "allocator_tuned": tuned, "vmap_shim": shimmed,
+                  "warmup": 1, "statistic": "median", "allocator_tuned": tuned,
                   "hyperparameters": {"hidden": peers.HIDDEN, "layers": peers.LAYERS, "n_rbf": peers.N_RBF,
                                       "cutoff": peers.CUTOFF, "head_hidden": peers.HEAD_HIDDEN},
                   "structures": "fcc CuAu 2x2x2 conventional cells, a=3.8 A, random ~50/50, rattled 0.1 A (model_speed.py's)"},

@@ -72,8 +72,7 @@ def predict(
     head name -> weight, or an array (K,) / (B, K) over the chosen heads; they must sum to one.
     ``target``: the head whose reference energies the weighted energy carries (default: the model's
     first energy head), or a mapping element -> reference energy (eV). ``per_head``: how per-head
-    forces are differentiated ("loop" or "batched", see the module doc; "batched" needs a
-    vmap-able encoder backward and says so when it is not).
+    forces are differentiated ("loop" or "batched": equal results, see the module doc).
     """
     if forces not in FORCE_MODES:
         raise ValueError(f"forces={forces!r}: expected one of {FORCE_MODES}")
@@ -170,14 +169,7 @@ def _per_head(model, batch, state, totals, chosen, stress, method):
         basis = torch.zeros(len(energy_columns), *totals.shape, dtype=totals.dtype, device=totals.device)
         for row, c in enumerate(energy_columns):
             basis[row, :, c] = 1.0
-        try:
-            grads = torch.autograd.grad(totals, inputs, grad_outputs=basis, is_grads_batched=True)
-        except RuntimeError as error:
-            if "vmap" not in str(error):
-                raise
-            raise NotImplementedError(
-                "per_head='batched': the encoder's backward does not run under vmap (an in-place index_add_ in "
-                f"gfmkit.models.vector_message); use per_head='loop'. ({str(error).splitlines()[0][:120]})") from None
+        grads = torch.autograd.grad(totals, inputs, grad_outputs=basis, is_grads_batched=True)
     else:
         per = [torch.autograd.grad(totals[:, c].sum(), inputs, retain_graph=row < len(energy_columns) - 1)
                for row, c in enumerate(energy_columns)]

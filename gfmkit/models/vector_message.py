@@ -56,7 +56,9 @@ class VectorMessage(torch.autograd.Function):
                 grad_w = _dot_over_vector_axis(edge_grad, x.index_select(0, j))
             if ctx.needs_input_grad[4]:
                 scaled = edge_grad * w[:, None, :] if torch.is_grad_enabled() else edge_grad.mul_(w[:, None, :])
-                grad_x = torch.zeros_like(x).index_add_(0, j, scaled)
+                # zeros made from the gradient, not from x: under a batched backward (is_grads_batched,
+                # vmap) they then carry the batch dimension, so the in-place sum is allowed
+                grad_x = scaled.new_zeros(x.shape).index_add_(0, j, scaled)
         return grad_v, grad_dvs, grad_unit, None, grad_x, grad_w, None, None
 
 
