@@ -84,6 +84,10 @@ def test_cli_writes_the_front_and_its_figure(moo_search, tmp_path):
     assert result.returncode == 0, result.stderr
     assert {"hpo.csv", "hpo.png", "pareto.csv", "pareto.png", "best_config.yaml"} <= {p.name for p in out.iterdir()}
     assert len(pd.read_csv(out / "pareto.csv")) == int(table["pareto"].sum())
+    from gfmkit.viz.figures import regenerate
+
+    redrawn = regenerate(out, tmp_path / "figures", formats=("png",), progress=False)
+    assert list(zip(redrawn["figure"], redrawn["error"])) == [("hpo", None), ("pareto", None)]
     bad = run_cli("hpo", str(tmp_path / "c.yaml"), "painn", "--out", str(tmp_path / "x"), "--objectives", "loss,speed")
     assert bad.returncode == 1 and "objectives must be" in bad.stderr
 

@@ -183,4 +183,5 @@ def test_paper_figures_find_the_study_and_not_its_runs(study, tmp_path):
 
     out, _ = study
     table = regenerate(out.parent, tmp_path, formats=("pdf",), progress=False)
-    assert list(zip(table["kind"], table["figure"], table["error"])) == [("precision study", "precision", None)]
+    assert list(zip(table["kind"], table["figure"], table["error"])) == [
+        ("precision study", "precision", None), ("precision study", "precision_matrix", None)]

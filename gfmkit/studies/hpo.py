@@ -9,4 +9,5 @@ from gfmkit.studies.registry import Ref, Study
 
 REGISTRY_ENTRY = Study(
     name="hpo", title="hyperparameter search", marker=STUDY, help="DeepHyper hyperparameter search",
-    run=run_hpo, table=hpo_table, figure=Ref("gfmkit.viz.hpo:hpo_figure"))
+    run=run_hpo, table=hpo_table, figure=Ref("gfmkit.viz.hpo:hpo_figure"),
+    more_figures=(("pareto", Ref("gfmkit.viz.hpo:pareto_figure")),))

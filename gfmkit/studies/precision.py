@@ -265,4 +265,5 @@ def precision_history(out: str | os.PathLike) -> pd.DataFrame:
 
 REGISTRY_ENTRY = Study(
     name="precision", title="precision study", marker=STUDY, help="BF16/FP32/FP64 precision study",
-    run=run_precision_study, table=precision_table, figure=Ref("gfmkit.viz.precision:precision_figure"))
+    run=run_precision_study, table=precision_table, figure=Ref("gfmkit.viz.precision:precision_figure"),
+    more_figures=(("precision_matrix", Ref("gfmkit.viz.precision:precision_matrix_figure")),))

@@ -51,8 +51,10 @@ class Study:
     study writes into its directory first, by which the directory is recognised. ``help``: one line
     for the CLI. ``run(...)``: runs or continues the study (arguments differ per study) and returns
     its table. ``table(out)`` and ``figure(out)``: its table and figure from the directory ``out``
-    alone (``figure`` raises ValueError while nothing is finished to draw). ``arguments(parser)``:
-    optional, adds the study's CLI arguments to an ``argparse`` parser.
+    alone (``figure`` raises ValueError while nothing is finished to draw). ``more_figures``: further
+    figures by name, drawn where the directory has what they need (one that raises ValueError, e.g. a
+    Pareto front of a one-objective search, is left out). ``arguments(parser)``: optional, adds the
+    study's CLI arguments to an ``argparse`` parser.
     """
 
     name: str
@@ -64,6 +66,7 @@ class Study:
     figure: Callable[[str | os.PathLike], Any]
     command: str = ""
     arguments: Callable[[Any], None] | None = None
+    more_figures: tuple[tuple[str, Callable[[str | os.PathLike], Any]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -74,8 +77,15 @@ class Study:
         return (Path(path) / self.marker).is_file()
 
     def figures(self, path: str | os.PathLike) -> dict[str, Any]:
-        """The study's figures from the directory ``path``, by name (one: the study's own)."""
-        return {self.name: self.figure(path)}
+        """The study's figures from the directory ``path``, by name: its own, then those of
+        ``more_figures`` that the directory can draw."""
+        drawn = {self.name: self.figure(path)}
+        for name, draw in self.more_figures:
+            try:
+                drawn[name] = draw(path)
+            except ValueError:  # not this directory's kind of figure (yet)
+                continue
+        return drawn
 
 
 #: The module attribute that declares a study.
