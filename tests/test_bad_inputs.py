@@ -246,7 +246,10 @@ def _train(tmp_path: Path, config) -> object:
     (lambda c: c.pop("data"), ["train.yaml", "data"]),
     (lambda c: c["sampler"].update(batch_size=0), ["train.yaml", "batch_size"]),
     (lambda c: c["model"].update(hidden=[16]), ["train.yaml", "model.hidden"]),
-], ids=["unknown-key", "wrong-type", "missing-section", "zero-batch", "list-for-int"])
+    (lambda c: c["sampler"].update(weights={"nosuch": 1.0}), ["train.yaml", "sampler.weights", "nosuch"]),
+    (lambda c: c["data"].update(train_split="nosuch[:3]"), ["train.yaml", "data.train_split"]),
+], ids=["unknown-key", "wrong-type", "missing-section", "zero-batch", "list-for-int", "unknown-weighted-dataset",
+        "unknown-split"])
 def test_a_bad_training_config(ws, tmp_path, change, needles):
     config = tiny_config(ws / "good.bp")
     change(config)

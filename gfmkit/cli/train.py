@@ -56,12 +56,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from gfmkit.train import load_train_config, train
+    from gfmkit.train.setup import TrainingConfigError
 
     config = load_train_config(args.config)
     if args.no_progress:
         config.progress = False
     out = args.out or Path("runs") / args.config.stem
-    run, metrics = train(config, out, resume=args.resume, overwrite=args.overwrite)
+    try:
+        run, metrics = train(config, out, resume=args.resume, overwrite=args.overwrite)
+    except TrainingConfigError as exc:  # a config value the data or model contradicts: name the file too
+        raise TrainingConfigError(f"{args.config}: {exc}") from None
     if rank() == 0:
         steps = metrics["step"].dropna() if "step" in metrics else []
         print(f"run {run.path}: stopped at step {int(steps.iloc[-1]) if len(steps) else 0} ({run.stop_reason()})")

@@ -39,6 +39,11 @@ class TrainingError(RuntimeError):
     """A run cannot start or resume (occupied run directory, checkpoint without training state, ...)."""
 
 
+class TrainingConfigError(TrainingError):
+    """A value of the training config that the data or the model contradicts (the message names its key;
+    ``gfmkit train`` adds the config file)."""
+
+
 class CachedGraphs(torch.utils.data.Dataset):
     """A GraphDataset whose graphs are built once and kept (the cutoff is fixed during a run)."""
 
@@ -99,7 +104,7 @@ class TrainingSetup:
         if config.model not in (ModelConfig(), saved):
             differ = {k: (v, getattr(saved, k)) for k, v in config_to_dict(config.model).items()
                       if config_to_dict(getattr(saved, k)) != v}
-            raise TrainingError(f"model section {differ} (config, pretrained) contradicts init.checkpoint "
+            raise TrainingConfigError(f"model section {differ} (config, pretrained) contradicts init.checkpoint "
                                 f"{config.init.checkpoint}: leave it out, the pretrained model's is used")
         return saved
 
@@ -116,7 +121,7 @@ class TrainingSetup:
         try:
             self.train_set = GraphDataset(self.stores, cutoff, split=config.data.train_split, dtype=dtype)
         except ValueError as exc:
-            raise TrainingError(f"data.train_split: {exc}") from None
+            raise TrainingConfigError(f"data.train_split: {exc}") from None
         if len(self.train_set) == 0:
             raise TrainingError(f"no structures in split {config.data.train_split!r} of {config.data.stores}")
         self.val_set = None
@@ -219,10 +224,10 @@ def shard_batch_size(config: Any, ranks: int) -> int:
     """Each rank's batch in sharded mode: the global ``batch_size`` split evenly (budgets of atoms or
     edges would give the ranks different step counts, so they are refused)."""
     if config.max_atoms is not None or config.max_edges is not None or config.batch_size is None:
-        raise TrainingError("data.distribution sharded batches by count: give sampler.batch_size, not "
+        raise TrainingConfigError("data.distribution sharded batches by count: give sampler.batch_size, not "
                             "max_atoms/max_edges (ranks must take the same number of steps)")
     if config.batch_size % ranks:
-        raise TrainingError(f"data.distribution sharded: sampler.batch_size {config.batch_size} must be a "
+        raise TrainingConfigError(f"data.distribution sharded: sampler.batch_size {config.batch_size} must be a "
                             f"multiple of the {ranks} ranks")
     return config.batch_size // ranks
 
@@ -230,7 +235,7 @@ def shard_batch_size(config: Any, ranks: int) -> int:
 def check_dataset_names(section: str, given: Mapping[str, float], names: list[str]) -> None:
     unknown = sorted(set(given) - set(names))
     if unknown:
-        raise TrainingError(f"{section} names unknown dataset(s) {unknown}; datasets: {names}")
+        raise TrainingConfigError(f"{section} names unknown dataset(s) {unknown}; datasets: {names}")
 
 
 def cpu_autocast_bf16() -> bool:
