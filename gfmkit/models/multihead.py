@@ -36,8 +36,7 @@ class MultiHeadPaiNN(nn.Module):
         names = [h.name for h in self.heads]
         if len(set(names)) != len(names):
             raise ValueError(f"head names must be unique, got {names}")
-        self.encoder = PaiNNEncoder(config.hidden, config.layers, config.n_rbf, config.cutoff, config.max_z, config.conditioning,
-                                    basis=config.radial_basis)
+        self.encoder = self._new_encoder()
         self.readout = StackedHeads(self.heads, config.hidden, config.head_hidden, config.max_z)
         for block in range(len(self.readout.sizes)):
             if len({h.adapted for h in self.heads if h.block == block}) > 1:
@@ -114,6 +113,7 @@ class MultiHeadPaiNN(nn.Module):
             self.adapters.unmerge()
 
     def _new_encoder(self) -> PaiNNEncoder:
+        """A freshly initialised encoder of this model's architecture."""
         c = self.config
         return PaiNNEncoder(c.hidden, c.layers, c.n_rbf, c.cutoff, c.max_z, c.conditioning, basis=c.radial_basis)
 

@@ -10,6 +10,7 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from gfmkit.models.config import HeadConfig
+from gfmkit.models.transfer import check_head_mapping
 
 
 def composition_distance(a: Mapping[str, float], b: Mapping[str, float]) -> float:
@@ -46,12 +47,7 @@ def choose_sources(new: Sequence[HeadConfig], pretrained: Sequence[HeadConfig], 
     new head names to pretrained heads (the others: nearest)."""
     names = [h.name for h in pretrained]
     if isinstance(from_head, Mapping):
-        unknown = sorted(set(from_head) - {h.name for h in new})
-        if unknown:
-            raise ValueError(f"heads {unknown} are not new heads of this fine-tune ({[h.name for h in new]})")
-        missing = sorted({v for v in from_head.values() if v not in names})
-        if missing:
-            raise ValueError(f"heads {missing}: the pretrained model lacks them (its heads: {names})")
+        check_head_mapping("from_head", from_head, [h.name for h in new], names, "new heads of this fine-tune")
         return {h.name: from_head[h.name] if h.name in from_head else nearest_head(h, pretrained) for h in new}
     if from_head is None or from_head == "none":
         return {h.name: None for h in new}

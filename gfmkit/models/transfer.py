@@ -19,15 +19,22 @@ from gfmkit.models.config import HeadConfig
 from gfmkit.models.multihead import MultiHeadPaiNN
 
 
+def check_head_mapping(what: str, chosen: Mapping[str, str], heads: Sequence[str], pretrained: Sequence[str],
+                       heads_are: str) -> None:
+    """Raise a ValueError naming ``what`` when ``chosen`` (new head -> pretrained head) names a head that is
+    not one of ``heads`` (which are ``heads_are``) or maps to one the pretrained model lacks."""
+    unknown = sorted(set(chosen) - set(heads))
+    if unknown:
+        raise ValueError(f"{what} names {unknown}, which are not {heads_are} ({list(heads)})")
+    missing = sorted({source for source in chosen.values() if source not in pretrained})
+    if missing:
+        raise ValueError(f"{what} maps to {missing}, which the pretrained model lacks (its heads: {list(pretrained)})")
+
+
 def head_sources(heads: Sequence[str], pretrained: Sequence[str], chosen: Mapping[str, str]) -> dict[str, str | None]:
     """For every new head, the pretrained head that initialises it: ``chosen[head]`` if given, else the
     pretrained head of the same name, else None (fresh weights)."""
-    unknown = sorted(set(chosen) - set(heads))
-    if unknown:
-        raise ValueError(f"init.heads names {unknown}, which are not datasets of this run ({list(heads)})")
-    missing = sorted({source for source in chosen.values() if source not in pretrained})
-    if missing:
-        raise ValueError(f"init.heads maps to {missing}, which the pretrained model lacks (its heads: {list(pretrained)})")
+    check_head_mapping("init.heads", chosen, heads, pretrained, "datasets of this run")
     return {name: chosen.get(name, name if name in pretrained else None) for name in heads}
 
 
