@@ -100,9 +100,13 @@ def fail(command: str, message: str, code: int = 1) -> int:
     """Report ``message`` on rank 0 as one line (a library's several lines and colour codes joined and
     dropped) and return the exit code."""
     if rank() == 0:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(message))
-        print(f"gfmkit {command}: error: {' '.join(text.split())}", file=sys.stderr)
+        print(f"gfmkit {command}: error: {one_line(message)}", file=sys.stderr)
     return code
+
+
+def one_line(message: Any) -> str:
+    """``message`` as one line: its lines joined, terminal colour codes dropped."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(message)).split())
 
 
 #: Under MPI, how long a rank other than 0 waits before reporting its own error: long enough for rank 0,
@@ -122,11 +126,11 @@ def end_job(command: str, exc: BaseException, code: int | None) -> NoReturn:
     comm = world()
     if code is None:
         print(f"gfmkit {command}: error: rank {comm.rank} failed: {type(exc).__name__}: "
-              f"{' '.join(str(exc).split())}; aborting the job", file=sys.stderr)
+              f"{one_line(exc)}; aborting the job", file=sys.stderr)
         traceback.print_exception(exc, file=sys.stderr)
     elif comm.rank != 0:
         time.sleep(GRACE_S)
-        print(f"gfmkit {command}: error: rank {comm.rank}: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"gfmkit {command}: error: rank {comm.rank}: {one_line(exc)}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     time.sleep(FORWARD_S)
