@@ -47,6 +47,20 @@ def test_random_structure_depends_only_on_seed_and_index():
         or len(other_seed["numbers"]) != len(forward[0]["numbers"])
 
 
+@pytest.mark.parametrize("attempts", [100, 3])  # 3: boxes grow often
+def test_random_structures_built_together_equal_each_built_alone(monkeypatch, attempts):
+    from gfmkit.data import random_source
+
+    monkeypatch.setattr(random_source, "ATTEMPTS", attempts)
+    pool = np.array([29, 79, 1])
+    together = random_source.random_structures([np.random.default_rng([7, i]) for i in range(12)], 2, 40, pool, True)
+    for i in (0, 5, 11):
+        (alone,) = random_source.random_structures([np.random.default_rng([7, i])], 2, 40, pool, True)
+        assert all(np.array_equal(alone[key], together[i][key]) for key in alone)
+    source = RandomSource(70, 2, 40, ("Cu", "Au", "H"), seed=7)  # two groups, read across their border
+    assert all(np.array_equal(source.arrays(i)["positions"], together[i]["positions"]) for i in (11, 3))
+
+
 def test_random_structures_respect_sizes_elements_and_minimum_distance():
     from ase.data import covalent_radii
 

@@ -11,7 +11,7 @@ atoms placed one by one at least :data:`MIN_DISTANCE` times the sum of two coval
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
@@ -25,6 +25,11 @@ PACKING = 0.6
 MIN_DISTANCE = 0.7
 #: Placement attempts per atom before the box grows by 5 %.
 ATTEMPTS = 100
+#: Candidates tried at once: FIRST_BLOCK for an atom's first try (the first candidate usually fits),
+#: BLOCK after that. Only speed depends on them: an atom takes the first candidate that fits.
+FIRST_BLOCK, BLOCK = 4, 16
+#: Structures built side by side (:func:`random_structures`); a source caches its last group.
+GROUP = 64
 DEFAULT_ATOMS = (2, 64)
 PREFIX = "random:"
 
@@ -39,6 +44,7 @@ class RandomSource:
     elements: tuple[str, ...] = ()
     periodic: bool = True
     seed: int = 0
+    _group: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -72,8 +78,15 @@ class RandomSource:
             raise IndexError(f"structure {index} out of range for {self.spec}")
         if not self.elements:
             raise ConfigError("random source: no elements given (ELEMENTS, or a model to take them from)")
-        return random_structure(np.random.default_rng([self.seed, index]), self.min_atoms, self.max_atoms,
-                                np.array([atomic_numbers[e] for e in self.elements]), self.periodic)
+        group = index // GROUP
+        if group not in self._group:  # the structures of index's group are made together, the last group kept
+            first = group * GROUP
+            rngs = [np.random.default_rng([self.seed, i]) for i in range(first, min(first + GROUP, self.count))]
+            made = random_structures(rngs, self.min_atoms, self.max_atoms,
+                                     np.array([atomic_numbers[e] for e in self.elements]), self.periodic)
+            self._group.clear()
+            self._group[group] = made
+        return {key: value.copy() for key, value in self._group[group][index % GROUP].items()}
 
     def atoms(self, index: int) -> Atoms:
         """Structure ``index`` as ``ase.Atoms``."""
@@ -81,40 +94,66 @@ class RandomSource:
         return Atoms(numbers=a["numbers"], positions=a["positions"], cell=a["cell"], pbc=a["pbc"])
 
 
-def random_structure(rng: np.random.Generator, min_atoms: int, max_atoms: int, numbers_pool: np.ndarray,
-                     periodic: bool) -> dict[str, np.ndarray]:
-    """One random structure from ``rng`` (see the module doc)."""
-    n = int(rng.integers(min_atoms, max_atoms + 1))
-    numbers = rng.choice(numbers_pool, size=n).astype(np.int32)
+def random_structures(rngs: list[np.random.Generator], min_atoms: int, max_atoms: int, numbers_pool: np.ndarray,
+                      periodic: bool) -> list[dict[str, np.ndarray]]:
+    """One random structure from each of ``rngs`` (see the module doc), built side by side.
+
+    Atom ``k`` of every structure is placed in the same step, so the numpy work is shared by the
+    structures instead of repeated per atom and structure (about 10x fewer calls). Every operation acts
+    on each structure's own numbers alone: a structure comes out the same whichever others it is built with.
+    """
+    S = len(rngs)
+    counts = np.array([int(rng.integers(min_atoms, max_atoms + 1)) for rng in rngs])
+    n_max = int(counts.max())
+    numbers = np.zeros((S, n_max), dtype=np.int32)
+    sides = np.zeros((S, 3))
+    # every draw made up front: the stream does not depend on rejections; padded candidates never fit
+    draws = np.zeros((S, n_max, ATTEMPTS + BLOCK, 3))
+    for s, rng in enumerate(rngs):
+        n = counts[s]
+        numbers[s, :n] = rng.choice(numbers_pool, size=n)
+        radii = covalent_radii[numbers[s, :n]]
+        volume = float((4.0 / 3.0 * np.pi * radii**3).sum() / PACKING)
+        aspect = rng.uniform(0.8, 1.25, size=3)
+        sides[s] = aspect * (volume / aspect.prod()) ** (1.0 / 3.0)
+        draws[s, :n, :ATTEMPTS] = rng.random((n, ATTEMPTS, 3))
     radii = covalent_radii[numbers]
-    volume = float((4.0 / 3.0 * np.pi * radii**3).sum() / PACKING)
-    aspect = rng.uniform(0.8, 1.25, size=3)
-    sides = aspect * (volume / aspect.prod()) ** (1.0 / 3.0)
-    draws = rng.random((n, ATTEMPTS, 3))  # every draw made up front: the stream does not depend on rejections
-    positions = np.zeros((n, 3))
-    positions[0] = draws[0, 0] * sides
-    for k in range(1, n):
-        limit = (MIN_DISTANCE * (radii[k] + radii[:k])) ** 2
-        while (chosen := _first_free(draws[k], sides, positions[:k], limit, periodic)) is None:
-            sides, positions[:k] = sides * 1.05, positions[:k] * 1.05  # crowded: grow the box and all in it
-        positions[k] = chosen
-    cell = np.diag(sides) if periodic else np.zeros((3, 3))
-    return {"numbers": numbers, "positions": positions, "cell": cell, "pbc": np.full(3, periodic)}
-
-
-def _first_free(draws: np.ndarray, sides: np.ndarray, placed: np.ndarray, limit: np.ndarray,
-                periodic: bool, block: int = 8) -> np.ndarray | None:
-    """The first of the candidate ``draws`` (fractions of ``sides``) at least ``sqrt(limit)`` from every
-    placed atom, tried a few at a time (the first usually fits); None when none does."""
-    for lo in range(0, len(draws), block):
-        trial = draws[lo : lo + block] * sides
-        delta = trial[:, None, :] - placed[None, :, :]
-        if periodic:
-            delta -= sides * np.round(delta / sides)
-        ok = (np.einsum("tkc,tkc->tk", delta, delta) >= limit).all(axis=1)
-        if ok.any():
-            return trial[int(np.argmax(ok))]
-    return None
+    positions = np.zeros((S, n_max, 3))
+    positions[:, 0] = draws[:, 0, 0] * sides
+    for k in range(1, n_max):
+        pending = np.flatnonzero(counts > k)
+        tried = np.zeros(len(pending), dtype=np.int64)  # candidates of atom k tried so far
+        limit = (MIN_DISTANCE * (radii[pending, k, None] + radii[pending, :k])) ** 2  # (P, k)
+        width = FIRST_BLOCK
+        while len(pending):
+            box = sides[pending, None, None, :]
+            offsets = np.arange(width)
+            trial = draws[pending[:, None], k, tried[:, None] + offsets] * sides[pending, None, :]  # (P, B, 3)
+            delta = trial[:, :, None, :] - positions[pending, None, :k, :]  # (P, B, k, 3)
+            if periodic:
+                wrap = delta / box
+                np.round(wrap, out=wrap)
+                wrap *= box
+                delta -= wrap
+            np.multiply(delta, delta, out=delta)
+            d2 = delta[..., 0] + delta[..., 1]
+            d2 += delta[..., 2]
+            ok = (d2 >= limit[:, None, :]).all(axis=2) & (tried[:, None] + offsets < ATTEMPTS)
+            found = ok.any(axis=1)
+            first = np.argmax(ok, axis=1)
+            positions[pending[found], k] = trial[found, first[found]]
+            keep = ~found
+            pending, tried, limit = pending[keep], tried[keep] + width, limit[keep]
+            crowded = tried >= ATTEMPTS
+            if crowded.any():  # no candidate fits: grow the box and all in it by 5 %, try again
+                grow = pending[crowded]
+                sides[grow] *= 1.05
+                positions[grow, :k] *= 1.05
+                tried[crowded] = 0
+            width = BLOCK
+    cell = (lambda s: np.diag(s)) if periodic else (lambda s: np.zeros((3, 3)))
+    return [{"numbers": numbers[s, :n].copy(), "positions": positions[s, :n].copy(), "cell": cell(sides[s]),
+             "pbc": np.full(3, periodic)} for s, n in enumerate(counts)]
 
 
 def parse_random_spec(spec: str) -> RandomSource:
