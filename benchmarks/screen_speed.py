@@ -89,14 +89,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     cases = {
         "model_energy_fp32": model_only(),
-        "screen_energy_fp32": end_to_end(),
+        "screen_energy_fp32": end_to_end(prefetch=False),
         "screen_energy_fp32_1worker": end_to_end(workers=1),
         "screen_energy_fp32_thread": end_to_end(prefetch=True),
         "model_weighted_forces_fp32": model_only("weighted"),
-        "screen_weighted_forces_fp32": end_to_end(forces="weighted"),
+        "screen_weighted_forces_fp32": end_to_end(forces="weighted", prefetch=False),
         "screen_weighted_forces_fp32_thread": end_to_end(forces="weighted", prefetch=True),
         "model_energy_bf16": model_only(precision="bf16-autocast"),
-        "screen_energy_bf16": end_to_end(precision="bf16-autocast"),
+        "screen_energy_bf16": end_to_end(precision="bf16-autocast", prefetch=False),
     }
     if args.quick:
         cases = {k: v for k, v in cases.items() if "bf16" not in k and "worker" not in k}
@@ -160,6 +160,7 @@ def rank_cases(checkpoint: Path, spec: str, work: Path, max_edges: int) -> dict:
         out[str(ranks)] = {k: summary[k] for k in ("structures", "seconds", "structures_per_s", "data_share",
                                                     "model_share", "write_share")}
         out[str(ranks)]["per_rank_structures_per_s"] = [round(r["structures_per_s"], 2) for r in summary["per_rank"]]
+        out[str(ranks)]["prefetch"] = [r.get("prefetch", False) for r in summary["per_rank"]]  # "auto" decided
     return out
 
 

@@ -224,6 +224,34 @@ def test_a_failed_screen_resumes_from_its_finished_chunks(tiny_checkpoint, tmp_p
     assert result.returncode == 1 and "other settings" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_auto_prefetch_only_where_a_core_is_free(monkeypatch):
+    import socket
+
+    import torch
+
+    from gfmkit.comm import SerialComm
+    from gfmkit.studies.screen import prefetch_pays
+
+    cores = frozenset({0, 1, 2, 3})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert prefetch_pays(SerialComm())  # 2 threads of 4 cores
+
+    class NodeOf(SerialComm):  # ranks on this node (same mask), and on another
+        def __init__(self, here, there=0):
+            self.places = [(socket.gethostname(), cores)] * here + [("elsewhere", cores)] * there
+
+        def allgather(self, obj):
+            return self.places
+
+    assert not prefetch_pays(NodeOf(2))  # 2 ranks x 2 threads fill 4 cores
+    assert prefetch_pays(NodeOf(1, 3))  # the other ranks run on other nodes
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert not prefetch_pays(SerialComm())
+    with pytest.raises(ConfigError, match="prefetch"):
+        screen("unused.pt", SPEC, "unused.bp", prefetch="sometimes")
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda d: ["--source", str(d / "missing.extxyz")], "no such file"),
     (lambda d: ["--source", str(d / "*.xyz")], "no file matches"),

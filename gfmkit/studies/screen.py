@@ -85,7 +85,7 @@ def screen(
     max_edges: int = DEFAULT_MAX_EDGES,
     chunk_size: int = DEFAULT_CHUNK,
     workers: int = 0,
-    prefetch: bool = False,
+    prefetch: bool | str = "auto",
     save_forces: bool = False,
     device: str = "cpu",
     overwrite: bool = False,
@@ -102,7 +102,8 @@ def screen(
     disagreement). ``precision``: "fp64", "fp32" or "bf16-autocast". ``max_edges``: edges per batch.
     ``chunk_size``: structures per chunk (the unit of resumption). ``workers``: DataLoader processes that
     build the next chunks' graphs while the model runs (0: in this process); ``prefetch``: a thread does
-    (measured in benchmarks/screen_speed.py, docs/screening.md). ``save_forces``: keep the
+    (True), or not (False), or "auto": a thread when this rank's torch threads leave a core of its share
+    of the node free (:func:`prefetch_pays`; measured in benchmarks/screen_speed.py, docs/screening.md). ``save_forces``: keep the
     per-atom weighted forces. Returns the summary (one row per rank and a ``total`` row); the rows are in
     :func:`screen_table`.
     """
@@ -110,6 +111,8 @@ def screen(
     out = Path(out)
     started = time.perf_counter()
     _check_choices(weighting, forces, precision, save_forces, max_edges, chunk_size)
+    if not (prefetch == "auto" or isinstance(prefetch, bool)):
+        raise ConfigError(f"prefetch must be True, False or 'auto', got {prefetch!r}")
     agree(comm, lambda: check_store_output(out, overwrite=overwrite))
     model, chosen, src = _agreed(comm, lambda: _open(checkpoint, source, heads, weighting, precision, device))
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": _sha256(checkpoint),
@@ -121,8 +124,11 @@ def screen(
     n_chunks = -(-len(src) // chunk_size)
     remaining = [c for c in range(n_chunks) if c not in set(done)]
     mine = remaining[len(remaining) * comm.rank // comm.size: len(remaining) * (comm.rank + 1) // comm.size]
+    if prefetch == "auto":
+        prefetch = workers == 0 and prefetch_pays(comm)
     with _abort_on_failure(comm):
         stats = _run_chunks(model, src, mine, work, settings, (workers, prefetch), device, progress and comm.rank == 0)
+    stats["prefetch"] = bool(prefetch)
     stats["resumed_chunks"] = len(done)
     every = comm.gather(stats, root=0)
     summary = None
@@ -135,6 +141,19 @@ def screen(
             _record(out, summary)
     summary = comm.bcast(summary, root=0)
     return summary_table(summary)
+
+
+def prefetch_pays(comm: Any) -> bool:
+    """Whether a prefetch thread has a core of its own: this rank's torch threads are fewer than its
+    share of the cores it may run on (the cores of its affinity mask, split among the ranks on the same
+    node that share that mask). Measured: a prefetch thread hides the data work where a core is free,
+    and costs about 13 % where none is (docs/screening.md)."""
+    import socket
+
+    cores = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset(range(os.cpu_count() or 1))
+    places = comm.allgather((socket.gethostname(), cores))
+    sharing = sum(place == (socket.gethostname(), cores) for place in places)
+    return torch.get_num_threads() < len(cores) / sharing
 
 
 def _check_choices(weighting, forces, precision, save_forces, max_edges, chunk_size) -> None:
@@ -366,6 +385,7 @@ def _summary(every: list[dict[str, Any]], seconds: float, merge: float, out: Pat
         "structures_per_s": count / max(seconds, 1e-12),
         "per_rank": [{"rank": r, "structures": s["structures"], "chunks": s["chunks"], "seconds": s["seconds"],
                       "structures_per_s": s["structures"] / max(s["seconds"], 1e-12),
+                      "prefetch": s.get("prefetch", False),
                       **{f"{k}_share": s[k] / max(s["data"] + s["model"] + s["write"], 1e-12)
                          for k in ("data", "model", "write")}} for r, s in enumerate(every)],
         **{f"{k}_share": v / spent for k, v in busy.items()},
