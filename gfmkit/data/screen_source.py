@@ -7,8 +7,9 @@ sources are screened one after the other; structure ``i`` is the ``i``-th of the
 
 Every source gives ``len()``, ``arrays(i)`` (``numbers``, ``positions``, ``cell``, ``pbc``: what
 :func:`gfmkit.data.graphs.structure_graph` needs) and ``atoms(i)``. Stores and random structures are read
-or made on demand; files ``ase.io`` reads are read whole when the source is opened (keep them to what
-fits in memory; convert larger inputs to a store with ``gfmkit data convert``).
+or made on demand, and so are (ext)xyz files and ASE databases, a group of structures at a time
+(:mod:`gfmkit.data.indexed_sources`); other files ``ase.io`` reads (CIF, POSCAR, trajectories, ...) are
+read whole when the source is opened (convert large ones to a store with ``gfmkit data convert``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import numpy as np
 from ase import Atoms
 
 from gfmkit.config import ConfigError
+from gfmkit.data.indexed_sources import DatabaseRows, XYZFrames, atoms_arrays, is_xyz
 from gfmkit.data.random_source import PREFIX, RandomSource, parse_random_spec
 from gfmkit.data.ranged import locate
-from gfmkit.data.sources import expand_pattern, units_of
+from gfmkit.data.sources import DATABASE_SUFFIXES, expand_pattern, units_of
 
 
 class StoreSource:
@@ -77,10 +79,7 @@ class AtomsSource:
         return len(self.structures)
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
-        a = self.structures[index]
-        pbc = np.asarray(a.pbc, dtype=bool)
-        return {"numbers": a.numbers, "positions": a.positions, "cell": a.cell[:] if pbc.any() else np.zeros((3, 3)),
-                "pbc": pbc}
+        return atoms_arrays(self.structures[index])
 
     def atoms(self, index: int) -> Atoms:
         return self.structures[index].copy()
@@ -138,8 +137,17 @@ def _open_one(text: str, elements: Sequence[str]) -> Any:
     for path in expand_pattern(text):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or store")
-        parts.append(StoreSource(path) if path.is_dir() else AtomsSource.read(path))
+        parts.append(_open_path(path))
     return parts[0] if len(parts) == 1 else ChainedSource(parts)
+
+
+def _open_path(path: Path) -> Any:
+    if path.is_dir():
+        return StoreSource(path)
+    if path.suffix in DATABASE_SUFFIXES:
+        return DatabaseRows(path)
+    xyz = is_xyz(path)
+    return XYZFrames(path, xyz) if xyz else AtomsSource.read(path)
 
 
 __all__ = ["AtomsSource", "ChainedSource", "RandomSource", "StoreSource", "open_source"]
