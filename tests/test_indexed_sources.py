@@ -56,6 +56,21 @@ def test_xyz_frames_equal_what_ase_reads_in_any_order(tmp_path, fmt):
     assert source.atoms(5).info.get("tag") == 5 or fmt == "xyz"
 
 
+def test_a_compressed_xyz_file_is_read_whole(tmp_path):
+    import gzip
+
+    from gfmkit.data.screen_source import AtomsSource
+
+    written = structures(5)
+    path = tmp_path / "few.extxyz"
+    ase.io.write(path, written)
+    with gzip.open(tmp_path / "few.extxyz.gz", "wb") as f:
+        f.write(path.read_bytes())
+    source = open_source(str(tmp_path / "few.extxyz.gz"))
+    assert isinstance(source, AtomsSource) and len(source) == 5
+    assert_same_arrays(source, written, range(5))
+
+
 def test_xyz_count_lines_and_short_frames_are_named_at_open(tmp_path):
     path = tmp_path / "bad.extxyz"
     ase.io.write(path, structures(3))

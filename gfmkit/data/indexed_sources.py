@@ -160,9 +160,12 @@ class DatabaseRows(_Grouped):
 
 
 def is_xyz(path: Path) -> str | None:
-    """The ase.io format of ``path`` when it is one of :data:`XYZ_FORMATS`, else None."""
-    from ase.io.formats import filetype
+    """The ase.io format of ``path`` when it is one of :data:`XYZ_FORMATS` and not compressed (a
+    compressed file cannot be entered at a frame: it is read whole), else None."""
+    from ase.io.formats import filetype, get_compression
 
+    if get_compression(str(path))[1] is not None:
+        return None
     try:
         kind = filetype(str(path), guess=True)
     except Exception:  # noqa: BLE001 - not ours to judge: ase.io says why when it reads the file
