@@ -3,13 +3,13 @@ the start of training? (issue #15)
 
     PYTHONPATH=. .venv-bench/bin/python benchmarks/accuracy_peer_check.py [--dataset molecules] [--seeds 20]
 
-1. Parameters: per group (embedding, filters, message MLPs, update mixing and MLPs, head), the count
-   and the sd of the initial values over ``--seeds`` seeds, for both models.
+1. Parameters: per group (embedding rows of Z = 1-99, filters, message MLPs, update mixing and MLPs,
+   head), the count and the sd of the initial values over ``--seeds`` seeds, for both models.
 2. Same weights: schnetpack's initial weights copied into gfmkit's model (blocks reordered to gfmkit's
    layout), then in float64 on one training batch: energies, forces and the gradient of the benchmark's
    training loss (energy and force MSE, through the double backward) with respect to every parameter.
-3. Initial state of each model's own initialisation (mean over seeds): the training loss, the norm of
-   its gradient per parameter group, and the sd of the per-atom output of the energy MLP.
+3. Initial state of each model's own initialisation (mean over seeds): the training loss and the norm
+   of its gradient per parameter group (and, for gfmkit, the sd of the energy MLP's raw output).
 
 Reads the graphs ``accuracy.py`` caches (run it once first); prints one JSON document.
 """
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             by_group: dict[str, float] = {}
             for name, param in model.named_parameters():
                 g = group(name)
-                values = param.detach()[:100] if "embedding" in name else param.detach()  # rows a molecule can use
+                values = param.detach()[1:100] if "embedding" in name else param.detach()  # rows of Z = 1-99 (schnetpack zeroes row 0)
                 counts[g] = counts.get(g, 0) + values.numel() if seed == 0 else counts[g]
                 sds.setdefault(g, []).append(float(values.float().std()) if values.numel() > 1 else float(values.abs()))
                 by_group[g] = by_group.get(g, 0.0) + float(grads[name].norm()) ** 2
