@@ -28,6 +28,9 @@ The peer: schnetpack 2.0.4's ``PaiNN`` representation (its own GaussianRBF(20, 5
 its initialisation: Xavier-uniform weights, zero biases) and the MLP of its ``Atomwise`` module; edge
 vectors r_ij = pos[j] - pos[i] + shift @ cell formed as its ``PairwiseDistances`` does (inside autograd,
 after the strain), energy = force-RMS x sum of atom outputs + shift x atoms + references, as gfmkit's.
+Variant ``schnetpack-weights``: gfmkit's model started from schnetpack's initial weights of the same
+seed (:func:`copy_schnetpack_into_gfmkit`), so the two runs differ only by floating-point rounding
+(``accuracy_peer_check.py``: same loss, forces and parameter gradients to 1e-14 in float64).
 
 Reported per dataset, budget and model: test energy MAE (meV/atom), force MAE (meV/Å), stress MAE
 (meV/Å^3, alloys) of the chosen checkpoint, mean ± sd over seeds, and the training wall time (the loop
@@ -71,6 +74,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bessel-xavier": {"radial_basis": "bessel", "init": "xavier"},
     "gaussian-torch": {"radial_basis": "gaussian", "init": "torch"},
     "gaussian-xavier": {"radial_basis": "gaussian", "init": "xavier"},
+    # the defaults, started from schnetpack's initial weights of the same seed (copy_schnetpack_into_gfmkit):
+    # the runs differ from schnetpack's only by floating-point rounding, which isolates the weight draw
+    "schnetpack-weights": {},
 }
 RULES = ("val_loss", "last")
 
@@ -157,6 +163,42 @@ class SchnetpackPotential(nn.Module):
         return out if training else {k: t.detach() for k, t in out.items()}
 
 
+def copy_schnetpack_into_gfmkit(spk: torch.nn.Module, ours: torch.nn.Module) -> None:
+    """Set gfmkit's weights to schnetpack's. Block orders differ: gfmkit's filters and message outputs are
+    (scalar, v_j, direction), schnetpack's (scalar, direction, v_j); gfmkit's U,V mixing is (multiplier,
+    normed), schnetpack's (normed, multiplier); gfmkit's update outputs (v, s*<.,.>, s), schnetpack's
+    (s, v, s*<.,.>)."""
+    rep, enc = spk.representation, ours.encoder
+
+    def rows(t: torch.Tensor, order: list[int]) -> torch.Tensor:
+        return torch.cat([t[k * HIDDEN:(k + 1) * HIDDEN] for k in order])
+
+    with torch.no_grad():
+        enc.embedding.weight.zero_()
+        enc.embedding.weight[: rep.embedding.weight.shape[0]] = rep.embedding.weight
+        layers = enc.layers
+        enc.filters.weight.copy_(torch.cat([rows(rep.filter_net.weight[3 * HIDDEN * k:3 * HIDDEN * (k + 1)], [0, 2, 1]) for k in range(layers)]))
+        enc.filters.bias.copy_(torch.cat([rows(rep.filter_net.bias[3 * HIDDEN * k:3 * HIDDEN * (k + 1)], [0, 2, 1]) for k in range(layers)]))
+        for k in range(layers):
+            net = rep.interactions[k].interatomic_context_net
+            enc.message[k][0].weight.copy_(net[0].weight)
+            enc.message[k][0].bias.copy_(net[0].bias)
+            enc.message[k][2].weight.copy_(rows(net[1].weight, [0, 2, 1]))
+            enc.message[k][2].bias.copy_(rows(net[1].bias, [0, 2, 1]))
+            mix = rep.mixing[k]
+            enc.update_uv[k].weight.copy_(rows(mix.mu_channel_mix.weight, [1, 0]))
+            net = mix.intraatomic_context_net
+            enc.update[k][0].weight.copy_(net[0].weight)
+            enc.update[k][0].bias.copy_(net[0].bias)
+            enc.update[k][2].weight.copy_(rows(net[1].weight, [1, 2, 0]))
+            enc.update[k][2].bias.copy_(rows(net[1].bias, [1, 2, 0]))
+        out = spk.output.outnet
+        ours.readout.w1.copy_(out[0].weight.T)
+        ours.readout.b1.copy_(out[0].bias)
+        ours.readout.w2.copy_(out[1].weight)
+        ours.readout.b2.copy_(out[1].bias)
+
+
 def head_table(head):
     from gfmkit.train.loss import HeadTable
 
@@ -214,6 +256,10 @@ def train_one(task: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(task["seed"])
     if task["model"] == "schnetpack":
         model = SchnetpackPotential(head, task.get("basis", "gaussian"))
+    elif task["variant"] == "schnetpack-weights":
+        peer = SchnetpackPotential(head)  # first after the seed: the same draws as schnetpack's run
+        model = build_gfmkit(head, VARIANTS["default"])
+        copy_schnetpack_into_gfmkit(peer, model)
     else:
         model = build_gfmkit(head, VARIANTS[task["variant"]])
     heads = head_table(head)
