@@ -23,6 +23,7 @@ from gfmkit.cli.common import (
 )
 from gfmkit.comm import world
 from gfmkit.outputs import oserror_message
+from gfmkit.performance import tune_allocator
 from gfmkit.progress import set_progress
 from gfmkit.studies.registry import studies
 
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(getattr(args, "verbose", False))
     if getattr(args, "no_progress", False):
         set_progress(False)
+    tune_allocator()  # every command: freed memory is reused (gfmkit.performance; GFMKIT_TUNE_ALLOCATOR=0: off)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

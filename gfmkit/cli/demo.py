@@ -67,12 +67,10 @@ def run(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from gfmkit.data.demo import DEMO_DATASETS, build_demo
     from gfmkit.data.multi import open_stores
-    from gfmkit.performance import tune_allocator
     from gfmkit.rundir import RunDir
     from gfmkit.train import evaluate, train
     from gfmkit.viz.data import dataset_overview
 
-    tune_allocator()
     root = Path(args.out)
     data_dir, train_dir = root / "data", root / "train"
     if args.rebuild or any(not (data_dir / f"{name}.bp").exists() for name in DEMO_DATASETS):

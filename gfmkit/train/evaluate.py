@@ -34,6 +34,7 @@ from gfmkit.models import load_model, read_checkpoint
 from gfmkit.models.calculator import check_store_elements
 from gfmkit.models.multihead import MultiHeadPaiNN
 from gfmkit.outputs import check_folder_files
+from gfmkit.performance import tune_allocator
 from gfmkit.precision import get_policy, precision_scope
 from gfmkit.rundir import (
     ERROR_MATRIX,
@@ -113,6 +114,7 @@ def evaluate(
     ``overwrite=True``; other files in it are left alone."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    tune_allocator()  # freed batch memory is reused, not page-faulted afresh (gfmkit.performance)
     if not isinstance(device, torch.device):
         from gfmkit.train.distributed import select_device
 
