@@ -224,18 +224,15 @@ def test_a_failed_screen_resumes_from_its_finished_chunks(tiny_checkpoint, tmp_p
     assert result.returncode == 1 and "other settings" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_auto_prefetch_only_where_a_core_is_free(monkeypatch):
+def test_auto_prefetch_only_for_a_rank_with_two_cores_or_more(monkeypatch):
     import socket
-
-    import torch
 
     from gfmkit.comm import SerialComm
     from gfmkit.studies.screen import prefetch_pays
 
     cores = frozenset({0, 1, 2, 3})
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert prefetch_pays(SerialComm())  # 2 threads of 4 cores
+    assert prefetch_pays(SerialComm())
 
     class NodeOf(SerialComm):  # ranks on this node (same mask), and on another
         def __init__(self, here, there=0):
@@ -244,10 +241,11 @@ def test_auto_prefetch_only_where_a_core_is_free(monkeypatch):
         def allgather(self, obj):
             return self.places
 
-    assert not prefetch_pays(NodeOf(2))  # 2 ranks x 2 threads fill 4 cores
+    assert prefetch_pays(NodeOf(2))  # two cores each
+    assert not prefetch_pays(NodeOf(3))  # fewer than two each
     assert prefetch_pays(NodeOf(1, 3))  # the other ranks run on other nodes
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    assert not prefetch_pays(SerialComm())
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: frozenset({5}), raising=False)
+    assert not prefetch_pays(SerialComm())  # a rank bound to one core
     with pytest.raises(ConfigError, match="prefetch"):
         screen("unused.pt", SPEC, "unused.bp", prefetch="sometimes")
 

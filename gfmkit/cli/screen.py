@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader processes that graph ahead")
     parser.add_argument("--prefetch", nargs="?", choices=("auto", "on", "off"), const="on", default="auto",
                         help="a thread graphs the next chunk while the model runs: on, off, or auto (default: on "
-                        "when this rank's torch threads leave a core free)")
+                        "when this rank has two or more cores to itself)")
     parser.add_argument("--save-forces", action="store_true", help="keep per-atom weighted forces")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--top", type=non_negative_int, default=0, metavar="K", help="print the top K rows afterwards")

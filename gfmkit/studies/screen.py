@@ -103,8 +103,8 @@ def screen(
     disagreement). ``precision``: "fp64", "fp32" or "bf16-autocast". ``max_edges``: edges per batch.
     ``chunk_size``: structures per chunk (the unit of resumption). ``workers``: DataLoader processes that
     build the next chunks' graphs while the model runs (0: in this process); ``prefetch``: a thread does
-    (True), or not (False), or "auto": a thread when this rank's torch threads leave a core of its share
-    of the node free (:func:`prefetch_pays`; measured in benchmarks/screen_speed.py, docs/screening.md). ``save_forces``: keep the
+    (True), or not (False), or "auto": a thread when this rank has at least two cores of the node to
+    itself (:func:`prefetch_pays`; measured in benchmarks/screen_speed.py, docs/screening.md). ``save_forces``: keep the
     per-atom weighted forces. Returns the summary (one row per rank and a ``total`` row); the rows are in
     :func:`screen_table`.
     """
@@ -146,16 +146,16 @@ def screen(
 
 
 def prefetch_pays(comm: Any) -> bool:
-    """Whether a prefetch thread has a core of its own: this rank's torch threads are fewer than its
-    share of the cores it may run on (the cores of its affinity mask, split among the ranks on the same
-    node that share that mask). Measured: a prefetch thread hides the data work where a core is free,
-    and costs about 13 % where none is (docs/screening.md)."""
+    """Whether a prefetch thread pays: this rank has at least two cores of its own (the cores of its
+    affinity mask, split among the ranks on the same node that share that mask). Measured on 2 cores
+    (docs/screening.md): with one rank the thread gave 1.34x (1 torch thread) and 1.11x (2 torch
+    threads); with two ranks, one core each, it cost 3 %."""
     import socket
 
     cores = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset(range(os.cpu_count() or 1))
     places = comm.allgather((socket.gethostname(), cores))
     sharing = sum(place == (socket.gethostname(), cores) for place in places)
-    return torch.get_num_threads() < len(cores) / sharing
+    return len(cores) / sharing >= 2
 
 
 def _check_choices(weighting, forces, precision, save_forces, max_edges, chunk_size) -> None:
