@@ -4,12 +4,14 @@
 :func:`gfmkit.data.graphs.structure_graph`) and cuts them, in order, into batches of at most
 ``max_edges`` edges (a structure above the budget alone is a batch of its own). :class:`ChunkBatches`
 is the same per chunk as a map-style dataset, so that ``torch.utils.data.DataLoader`` workers build the
-next chunks' batches while the model runs (:func:`chunk_loader`), or a thread does (:func:`thread_prefetch`). A chunk's batches depend only on the
+next chunks' batches while the model runs (:func:`chunk_loader`), or a thread builds the next batches
+(:meth:`ChunkBatches.each_batch` through :func:`thread_prefetch`). A chunk's batches depend only on the
 chunk, never on which rank or worker builds them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,20 +24,25 @@ def edge_batches(source: Any, start: int, stop: int, cutoff: float, max_edges: i
                  dtype: torch.dtype = torch.float64) -> list[Any]:
     """Batches (PyG ``Batch``, head index 0) of structures ``[start, stop)`` of ``source``, in order,
     each with at most ``max_edges`` edges unless one structure alone has more."""
+    return list(iter_edge_batches(source, start, stop, cutoff, max_edges, dtype))
+
+
+def iter_edge_batches(source: Any, start: int, stop: int, cutoff: float, max_edges: int,
+                      dtype: torch.dtype = torch.float64) -> Iterator[Any]:
+    """:func:`edge_batches` one batch at a time, each as soon as it is complete."""
     if max_edges < 1:
         raise ValueError(f"max_edges must be positive, got {max_edges}")
-    batches, pending, edges = [], [], 0
+    pending, edges = [], 0
     for index in range(start, stop):
         graph = structure_graph(source.arrays(index), 0, cutoff, dtype=dtype)
         count = int(graph.edge_index.shape[1])
         if pending and edges + count > max_edges:
-            batches.append(collate(pending))
+            yield collate(pending)
             pending, edges = [], 0
         pending.append(graph)
         edges += count
     if pending:
-        batches.append(collate(pending))
-    return batches
+        yield collate(pending)
 
 
 class ChunkBatches(torch.utils.data.Dataset):
@@ -57,6 +64,17 @@ class ChunkBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[int, list[Any]]:
         chunk = self.chunks[k]
         return chunk, edge_batches(self.source, *self.bounds(chunk), self.cutoff, self.max_edges, self.dtype)
+
+    def each_batch(self) -> Iterator[tuple[int, Any, bool]]:
+        """``(chunk, batch, last of its chunk)`` for every batch of every chunk, in order, each made when
+        asked for: a prefetch thread then runs a batch ahead, not a chunk."""
+        for chunk in self.chunks:
+            batches = iter_edge_batches(self.source, *self.bounds(chunk), self.cutoff, self.max_edges, self.dtype)
+            batch = next(batches)  # a chunk holds at least one structure
+            for following in batches:
+                yield chunk, batch, False
+                batch = following
+            yield chunk, batch, True
 
 
 def _as_is(item: Any) -> Any:

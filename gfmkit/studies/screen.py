@@ -278,24 +278,31 @@ def _run_chunks(model, src, chunks, work, settings, loading, device, show) -> di
     with bar, precision_scope(settings["precision"], device):
         tick = time.perf_counter()
         workers, prefetch = loading
-        stream = (dataset[k] for k in range(len(dataset))) if workers == 0 else chunk_loader(dataset, workers)
-        for chunk, batches in thread_prefetch(stream) if prefetch else stream:
+        if workers:
+            stream = ((c, b, k == len(bs) - 1) for c, bs in chunk_loader(dataset, workers) for k, b in enumerate(bs))
+        else:
+            stream = thread_prefetch(dataset.each_batch(), depth=4) if prefetch else dataset.each_batch()
+        rows, first = [], None
+        for chunk, batch, last in stream:
             now = time.perf_counter()
             times["data"] += now - tick
             lo, _ = dataset.bounds(chunk)
-            rows, first = [], lo
-            for b in batches:
-                check_batch_elements(model, b, first, src)
-                rows.append(batch_rows(model, b.to(device), settings))
-                first += int(b.natoms.shape[0])
-            columns = _join(rows, lo)
-            tock = time.perf_counter()
-            times["model"] += tock - now
-            rs.write_columns(chunk_path(work, chunk), columns, {rs.A_ELEMENTS: columns.pop("_elements")})
+            first = lo if first is None else first
+            check_batch_elements(model, batch, first, src)
+            rows.append(batch_rows(model, batch.to(device), settings))
+            first += int(batch.natoms.shape[0])
             tick = time.perf_counter()
-            times["write"] += tick - tock
+            times["model"] += tick - now
+            bar.update(int(batch.natoms.shape[0]))
+            if not last:
+                continue
+            columns = _join(rows, lo)
+            rs.write_columns(chunk_path(work, chunk), columns, {rs.A_ELEMENTS: columns.pop("_elements")})
+            rows, first = [], None
+            tock = time.perf_counter()
+            times["write"] += tock - tick
+            tick = tock
             count += len(columns["natoms"])
-            bar.update(len(columns["natoms"]))
             bar.set_postfix_str(f"{count / max(tick - began, 1e-9):.1f} structures/s")
     return {"structures": count, "chunks": len(chunks), "seconds": time.perf_counter() - began, **times}
 
