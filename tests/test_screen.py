@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import mpiexec, run_cli, single_thread_env
 
 from gfmkit.config import ConfigError
@@ -116,6 +117,21 @@ def test_edge_batches_keep_order_and_the_edge_budget():
     assert np.array_equal(np.concatenate([np.diff(b.ptr.numpy()) for b in batches]), edges)
     for b in batches:
         assert b.edge_index.shape[1] <= budget or b.num_graphs == 1
+
+
+def test_batches_one_at_a_time_are_the_chunks_batches_with_the_last_marked():
+    from gfmkit.data.edge_batches import ChunkBatches
+
+    source = parse_random_spec(SPEC)
+    dataset = ChunkBatches(source, [3, 0, 2], 7, 4.5, 1500)  # chunk 3 is the short one (structures 21-23)
+    items = list(dataset.each_batch())
+    for chunk in (3, 0, 2):
+        mine = [(b, last) for c, b, last in items if c == chunk]
+        whole = dataset[dataset.chunks.index(chunk)][1]
+        assert [last for _, last in mine] == [False] * (len(whole) - 1) + [True]
+        for (b, _), w in zip(mine, whole):
+            assert torch.equal(b.pos, w.pos) and torch.equal(b.edge_index, w.edge_index)
+    assert [c for c, _, _ in items] == sorted([c for c, _, _ in items], key=[3, 0, 2].index)
 
 
 # -- screening ----------------------------------------------------------------------------------------
