@@ -34,7 +34,7 @@ def iter_edge_batches(source: Any, start: int, stop: int, cutoff: float, max_edg
         raise ValueError(f"max_edges must be positive, got {max_edges}")
     pending, edges = [], 0
     for index in range(start, stop):
-        graph = structure_graph(source.arrays(index), 0, cutoff, dtype=dtype)
+        graph = structure_graph(source.arrays(index), 0, cutoff, dtype=dtype, labels=False)
         count = int(graph.edge_index.shape[1])
         if pending and edges + count > max_edges:
             yield collate(pending)

@@ -46,8 +46,11 @@ def structure_graph(
     *,
     dtype: torch.dtype = torch.float64,
     property_names: Sequence[str] = (),
+    labels: bool = True,
 ) -> Data:
-    """A PyG ``Data`` from one structure's store arrays (``Store.arrays(i)``) and its head index."""
+    """A PyG ``Data`` from one structure's store arrays (``Store.arrays(i)``) and its head index;
+    ``labels=False`` leaves out the label fields (energy, forces, stress, properties and their masks),
+    which inference never reads."""
     if dtype not in (torch.float64, torch.float32):
         raise ValueError(f"graph dtype must be float64 or float32 (positions stay >= fp32), got {dtype}")
     positions, cell, pbc = arrays[fmt.POSITIONS], arrays[fmt.CELL], np.asarray(arrays[fmt.PBC], dtype=bool)
@@ -64,29 +67,36 @@ def structure_graph(
     def flag(value: bool) -> torch.Tensor:
         return torch.from_numpy(np.array([value]))
 
-    energy, forces, stress = arrays.get(fmt.ENERGY), arrays.get(fmt.FORCES), arrays.get(fmt.STRESS)
-    props = [arrays.get(fmt.PROPERTY_PREFIX + name) for name in property_names]
     charge, spin = arrays.get(fmt.CHARGE), arrays.get(fmt.SPIN)
-    return Data(
-        z=torch.from_numpy(np.array(arrays[fmt.NUMBERS], dtype=np.int64)),
-        pos=tensor(positions),
-        cell=tensor(cell, (1, 3, 3)),
-        pbc=torch.from_numpy(pbc.reshape(1, 3).copy()),
-        edge_index=torch.from_numpy(edge_index),
-        edge_shift=tensor(shift),
-        energy=tensor([0.0 if energy is None else float(energy)]),
-        energy_mask=flag(energy is not None),
-        forces=tensor(np.zeros((n, 3)) if forces is None else forces),
-        forces_mask=flag(forces is not None),
-        stress=tensor(np.zeros((3, 3)) if stress is None else stress, (1, 3, 3)),
-        stress_mask=flag(stress is not None),
-        charge=tensor([0.0 if charge is None else float(charge)]),
-        spin=tensor([0.0 if spin is None else float(spin)]),
-        properties=tensor([[0.0 if p is None else float(p) for p in props]], (1, len(props))),
-        properties_mask=torch.from_numpy(np.array([[p is not None for p in props]], dtype=bool).reshape(1, len(props))),
-        dataset=torch.from_numpy(np.array([head], dtype=np.int64)),
-        natoms=torch.from_numpy(np.array([n], dtype=np.int64)),
-    )
+    fields = {
+        "z": torch.from_numpy(np.array(arrays[fmt.NUMBERS], dtype=np.int64)),
+        "pos": tensor(positions),
+        "cell": tensor(cell, (1, 3, 3)),
+        "pbc": torch.from_numpy(pbc.reshape(1, 3).copy()),
+        "edge_index": torch.from_numpy(edge_index),
+        "edge_shift": tensor(shift),
+    }
+    if labels:
+        energy, forces, stress = arrays.get(fmt.ENERGY), arrays.get(fmt.FORCES), arrays.get(fmt.STRESS)
+        fields.update(
+            energy=tensor([0.0 if energy is None else float(energy)]),
+            energy_mask=flag(energy is not None),
+            forces=tensor(np.zeros((n, 3)) if forces is None else forces),
+            forces_mask=flag(forces is not None),
+            stress=tensor(np.zeros((3, 3)) if stress is None else stress, (1, 3, 3)),
+            stress_mask=flag(stress is not None),
+        )
+    fields.update(charge=tensor([0.0 if charge is None else float(charge)]),
+                  spin=tensor([0.0 if spin is None else float(spin)]))
+    if labels:
+        props = [arrays.get(fmt.PROPERTY_PREFIX + name) for name in property_names]
+        fields.update(
+            properties=tensor([[0.0 if p is None else float(p) for p in props]], (1, len(props))),
+            properties_mask=torch.from_numpy(np.array([[p is not None for p in props]], dtype=bool).reshape(1, len(props))),
+        )
+    fields.update(dataset=torch.from_numpy(np.array([head], dtype=np.int64)),
+                  natoms=torch.from_numpy(np.array([n], dtype=np.int64)))
+    return Data(**fields)
 
 
 class GraphDataset(torch.utils.data.Dataset):
