@@ -119,6 +119,22 @@ def test_edge_batches_keep_order_and_the_edge_budget():
         assert b.edge_index.shape[1] <= budget or b.num_graphs == 1
 
 
+def test_graphs_without_labels_predict_what_labelled_graphs_do(tiny_checkpoint):
+    from gfmkit.data.graphs import collate, structure_graph
+    from gfmkit.models import load_model
+
+    source = parse_random_spec(SPEC)
+    model = load_model(tiny_checkpoint)
+    full = collate([structure_graph(source.arrays(i), 0, model.config.cutoff) for i in range(6)])
+    lean = collate([structure_graph(source.arrays(i), 0, model.config.cutoff, labels=False) for i in range(6)])
+    assert "forces" in full.keys() and not {"energy", "forces", "stress", "properties"} & set(lean.keys())
+    heads = [h.name for h in model.heads if h.kind == "energy"]
+    a = model.predict(full, heads=heads, forces="weighted", weights="overlap")
+    b = model.predict(lean, heads=heads, forces="weighted", weights="overlap")
+    for name in ("energies", "weights", "energy", "energy_spread", "forces"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
 def test_batches_one_at_a_time_are_the_chunks_batches_with_the_last_marked():
     from gfmkit.data.edge_batches import ChunkBatches
 
