@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,18 @@ def atoms_arrays(atoms: Atoms) -> dict[str, np.ndarray]:
             "cell": atoms.cell[:] if pbc.any() else np.zeros((3, 3)), "pbc": pbc}
 
 
+def read_grouped(cache: dict[int, list], index: int, count: int, read: Callable[[int, int], list]) -> Any:
+    """Item ``index`` of ``count``, read together with the rest of its :data:`GROUP` by ``read(first,
+    stop)``; ``cache`` keeps the last group read (sequential access reads each group once)."""
+    group = index // GROUP
+    if group not in cache:
+        first = group * GROUP
+        made = read(first, min(first + GROUP, count))
+        cache.clear()
+        cache[group] = made
+    return cache[group][index % GROUP]
+
+
 class _Grouped:
     """Structures read :data:`GROUP` at a time by ``_read_group(first, stop)``; the last group is kept."""
 
@@ -54,12 +67,7 @@ class _Grouped:
     def atoms(self, index: int) -> Atoms:
         if not 0 <= index < len(self):
             raise IndexError(f"structure {index} out of range for {self.spec} ({len(self)} structures)")
-        group = index // GROUP
-        if group not in self._group:
-            first = group * GROUP
-            read = self._read_group(first, min(first + GROUP, len(self)))
-            self._group = {group: read}
-        return self._group[group][index % GROUP].copy()
+        return read_grouped(self._group, index, len(self), self._read_group).copy()
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
         return atoms_arrays(self.atoms(index))
@@ -83,12 +91,15 @@ class XYZFrames(_Grouped):
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def _read_group(self, first: int, stop: int) -> list[Atoms]:
+    def _text(self, first: int, stop: int) -> io.StringIO:
+        """Frames ``[first, stop)`` as they stand in the file."""
         with open(self.path, "rb") as f:
             f.seek(int(self.offsets[first]))
-            text = f.read(int(self.offsets[stop] - self.offsets[first])).decode()
+            return io.StringIO(f.read(int(self.offsets[stop] - self.offsets[first])).decode())
+
+    def _read_group(self, first: int, stop: int) -> list[Atoms]:
         try:
-            frames = ase.io.read(io.StringIO(text), index=":", format=self.format)
+            frames = ase.io.read(self._text(first, stop), index=":", format=self.format)
         except Exception:  # noqa: BLE001 - find the frame that fails, and name it
             frames = [self._read_one(first + k) for k in range(stop - first)]
         if len(frames) != stop - first:
@@ -96,11 +107,8 @@ class XYZFrames(_Grouped):
         return frames
 
     def _read_one(self, index: int) -> Atoms:
-        with open(self.path, "rb") as f:
-            f.seek(int(self.offsets[index]))
-            text = f.read(int(self.offsets[index + 1] - self.offsets[index])).decode()
         try:
-            return ase.io.read(io.StringIO(text), format=self.format)
+            return ase.io.read(self._text(index, index + 1), format=self.format)
         except Exception as exc:  # noqa: BLE001 - reported with the file and the structure
             raise ConfigError(f"{self.path}: structure {index} cannot be read ({exc})") from None
 

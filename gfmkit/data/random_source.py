@@ -18,6 +18,7 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 
 from gfmkit.config import ConfigError
+from gfmkit.data.indexed_sources import read_grouped
 
 #: Share of the box filled by the atoms' covalent spheres (close-packed metals: about 0.7-0.8).
 PACKING = 0.6
@@ -28,8 +29,6 @@ ATTEMPTS = 100
 #: Candidates tried at once: FIRST_BLOCK for an atom's first try (the first candidate usually fits),
 #: BLOCK after that. Only speed depends on them: an atom takes the first candidate that fits.
 FIRST_BLOCK, BLOCK = 4, 16
-#: Structures built side by side (:func:`random_structures`); a source caches its last group.
-GROUP = 64
 DEFAULT_ATOMS = (2, 64)
 PREFIX = "random:"
 
@@ -78,15 +77,13 @@ class RandomSource:
             raise IndexError(f"structure {index} out of range for {self.spec}")
         if not self.elements:
             raise ConfigError("random source: no elements given (ELEMENTS, or a model to take them from)")
-        group = index // GROUP
-        if group not in self._group:  # the structures of index's group are made together, the last group kept
-            first = group * GROUP
-            rngs = [np.random.default_rng([self.seed, i]) for i in range(first, min(first + GROUP, self.count))]
-            made = random_structures(rngs, self.min_atoms, self.max_atoms,
-                                     np.array([atomic_numbers[e] for e in self.elements]), self.periodic)
-            self._group.clear()
-            self._group[group] = made
-        return {key: value.copy() for key, value in self._group[group][index % GROUP].items()}
+        pool = np.array([atomic_numbers[e] for e in self.elements])
+
+        def make(first: int, stop: int) -> list[dict[str, np.ndarray]]:  # index's group, built side by side
+            rngs = [np.random.default_rng([self.seed, i]) for i in range(first, stop)]
+            return random_structures(rngs, self.min_atoms, self.max_atoms, pool, self.periodic)
+
+        return {key: value.copy() for key, value in read_grouped(self._group, index, self.count, make).items()}
 
     def atoms(self, index: int) -> Atoms:
         """Structure ``index`` as ``ase.Atoms``."""

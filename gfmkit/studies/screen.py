@@ -153,8 +153,8 @@ def prefetch_pays(comm: Any) -> bool:
     import socket
 
     cores = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset(range(os.cpu_count() or 1))
-    places = comm.allgather((socket.gethostname(), cores))
-    sharing = sum(place == (socket.gethostname(), cores) for place in places)
+    here = (socket.gethostname(), cores)
+    sharing = sum(place == here for place in comm.allgather(here))
     return len(cores) / sharing >= 2
 
 
