@@ -55,11 +55,12 @@ def search(work: Path, name: str, ranks: int, extra: list[str], trials: int) -> 
     from gfmkit.hpo import hpo_table, trainings
 
     table = hpo_table(work / name)
-    starts = [s["time"] for s in trainings(work / name)]
+    started_trainings = trainings(work / name)
+    starts = [s["time"] for s in started_trainings]
     last = max(Path(r, "metrics.jsonl").stat().st_mtime for r in table["run_dir"])
     return {"evaluator": name, "ranks": ranks, "command_wall_s": wall, "search_span_s": last - min(starts),
             "trials_done": int((table["status"] == "done").sum()), "trainings": len(starts),
-            "pareto_trials": int(table["pareto"].sum()), "ranks_per_trial": sorted({s["ranks"] for s in trainings(work / name)})}
+            "pareto_trials": int(table["pareto"].sum()), "ranks_per_trial": sorted({s["ranks"] for s in started_trainings})}
 
 
 def timing_noise(work: Path, run_dir: Path, repeats: int, steps: int) -> dict:
@@ -100,13 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--trials", type=int, default=6)
     p.add_argument("--steps", type=int, default=None)
     args = p.parse_args(argv)
-    from gfmkit.data.demo import build_demo
-
     steps = args.steps or (10 if args.quick else 40)
     scale = 0.05 if args.quick else 0.3
-    data = args.data / f"hpo-demo-{scale:g}"
-    if not list(data.glob("*.bp")):
-        build_demo(data, scale=scale, progress=False)
+    data, _ = common.demo_data(args.data, f"hpo-demo-{scale:g}", None, scale)
     work = Path(tempfile.mkdtemp(prefix="gfmkit-hpo-evaluators-"))
     config = {"data": {"stores": [str(data)]}, "model": {"hidden": 16, "layers": 2, "n_rbf": 8, "cutoff": 4.0, "head_hidden": 8},
               "sampler": {"batch_size": 8}, "max_steps": steps, "validate_every": steps, "checkpoint_every": steps,

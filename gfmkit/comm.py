@@ -232,12 +232,14 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def join_process_group(launch: Launch, backend: str, *, timeout_s: float = TORCH_COMM_TIMEOUT_S) -> str:
-    """Open ``torch.distributed``'s default group for ``launch`` with ``backend`` (every rank calls it);
-    returns the rendezvous ``host:port`` (see :func:`gfmkit.launch.master_address`)."""
+def join_process_group(launch: Launch, backend: str, *, timeout_s: float = TORCH_COMM_TIMEOUT_S,
+                       comm: Any = None) -> str:
+    """Open ``torch.distributed``'s default group for ``launch`` with ``backend`` (every rank of ``comm``,
+    default the MPI world, calls it); returns the rendezvous ``host:port`` (see
+    :func:`gfmkit.launch.master_address`)."""
     import torch.distributed as dist
 
-    addr, port = master_address(launch)
+    addr, port = master_address(launch, comm)
     log.info("rank %d/%d: %s process group at %s:%d", launch.rank, launch.world_size, backend, addr, port)
     dist.init_process_group(
         backend,

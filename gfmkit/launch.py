@@ -321,15 +321,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _master_via_mpi(launch: Launch) -> tuple[str, int] | None:
-    """Rank 0's address and a free port, broadcast with mpi4py (None when MPI is not usable here)."""
+def _master_via_mpi(launch: Launch, comm: Any = None) -> tuple[str, int] | None:
+    """Rank 0's address and a free port, broadcast with mpi4py over ``comm`` (default: the world; None
+    when MPI is not usable here)."""
     if launch.launcher not in MPI_LAUNCHERS or not launch.mpi:
         return None
     try:
         from mpi4py import MPI
     except ImportError:
         return None
-    comm = MPI.COMM_WORLD
+    comm = comm or MPI.COMM_WORLD
     if comm.Get_size() != launch.world_size:
         return None
     hosts = comm.allgather(socket.gethostname())
@@ -337,9 +338,10 @@ def _master_via_mpi(launch: Launch) -> tuple[str, int] | None:
     return comm.bcast(chosen, root=0)
 
 
-def master_address(launch: Launch) -> tuple[str, int]:
-    """Host and port of the ``torch.distributed`` rendezvous for ``launch`` (collective under MPI)."""
-    master = _master_via_mpi(launch)
+def master_address(launch: Launch, comm: Any = None) -> tuple[str, int]:
+    """Host and port of the ``torch.distributed`` rendezvous for ``launch`` (collective under MPI, over
+    ``comm``, default the world)."""
+    master = _master_via_mpi(launch, comm)
     if master is not None:
         return master
     addr = launch.master_addr or launch.scheduler_host

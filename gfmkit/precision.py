@@ -192,7 +192,8 @@ def peak_memory(device: torch.device | str) -> Iterator[_Peak]:
         peak.measure = "peak RSS growth (VmHWM)"
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that a timer reads finished work; nothing on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -257,10 +258,10 @@ def infer(
     seconds, structures = 0.0, 0
     with peak_memory(device) as peak:
         for name, _, batch in itertools.chain([first], batches):
-            _synchronize(device)
+            synchronize(device)
             started = time.perf_counter()
             out = run(batch, name)
-            _synchronize(device)
+            synchronize(device)
             seconds += time.perf_counter() - started
             structures += int(batch.natoms.numel())
             parts = collected.setdefault(name, {k: [] for k in ("values", "truth", "known", "forces", "true_forces",

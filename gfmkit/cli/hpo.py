@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -55,12 +56,11 @@ def _space(text: str) -> dict:
     return read_space(path) if path.is_file() or path.suffix in (".yaml", ".yml") else default_space(text)
 
 
-def _write_outputs(out: Path) -> None:
+def _write_outputs(out: Path, table: Any) -> None:
     from gfmkit.files import atomic_write_text
-    from gfmkit.hpo import best_config, hpo_table, pareto_table
+    from gfmkit.hpo import best_config, pareto_table
     from gfmkit.viz.hpo import hpo_figure, pareto_figure
 
-    table = hpo_table(out)
     best = best_config(out)
     save_results(out, {"hpo.csv": table}, "hpo.png", hpo_figure(table))
     if "pareto" in table:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                             objectives=args.objectives, evaluator=args.evaluator or args.method or "thread",
                             workers=args.workers, ranks_per_trial=args.ranks_per_trial, seed=args.seed,
                             initial_points=args.initial_points, timing_structures=args.timing_structures)
-        on_rank_0(lambda: _write_outputs(args.out))
+        on_rank_0(lambda: _write_outputs(args.out, table))
     except (OSError, ValueError, RuntimeError, yaml.YAMLError) as exc:
         raise CLIError(str(exc)) from None
     print_table(table.drop(columns=["run_dir"]))

@@ -18,8 +18,6 @@ that group's place in the world (rank, size, device, process group), made once p
 
 from __future__ import annotations
 
-import datetime
-import socket
 from typing import Any
 
 from gfmkit.log import get_logger
@@ -54,7 +52,8 @@ def group_distributed(group: Any, device: str) -> Any:
     """The trainer's :class:`~gfmkit.train.distributed.Distributed` on ``group``: alone on this rank
     for a group of one; else a ``torch.distributed`` group of the group's ranks (rendezvous at the
     group's first rank, found through the group), made once and reused by its later trials."""
-    from gfmkit.launch import Launch, detect_launch, master_host
+    from gfmkit.comm import join_process_group
+    from gfmkit.launch import Launch, detect_launch
     from gfmkit.train.distributed import Distributed, backend_for, select_device
 
     local_rank = detect_launch(collective=False).local_rank
@@ -68,19 +67,9 @@ def group_distributed(group: Any, device: str) -> Any:
     if dist.is_initialized():
         raise RuntimeError("a multi-rank trial needs its own torch.distributed group, but one is already open")
     launch = Launch("mpi4py", rank=group.rank, world_size=group.size, local_rank=local_rank, mpi=True)
-    hosts = group.allgather(socket.gethostname())
-    if group.rank == 0:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("", 0))
-            port = int(s.getsockname()[1])
-        address = (master_host(launch, hosts), port)
-    else:
-        address = None
-    host, port = group.bcast(address, root=0)
     backend = backend_for(chosen)
-    dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=group.rank, world_size=group.size,
-                            timeout=datetime.timedelta(seconds=1800))
-    _DIST[id(group)] = Distributed(launch, chosen, backend, owns_group=True, extra={"master": f"{host}:{port}"})
+    master = join_process_group(launch, backend, comm=group)  # rendezvous at the group's first rank
+    _DIST[id(group)] = Distributed(launch, chosen, backend, owns_group=True, extra={"master": master})
     return _DIST[id(group)]
 
 

@@ -54,6 +54,11 @@ class Objective:
     label: str  # axis label, with units
     maximise: bool = False
 
+    @property
+    def cost_sign(self) -> int:
+        """+1 for a minimised objective, -1 for a maximised one: ``cost_sign * value`` is to be minimised."""
+        return -1 if self.maximise else 1
+
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("loss", "best_val_loss", "best validation loss"),
@@ -80,13 +85,13 @@ def check_objectives(names: str | Sequence[str]) -> tuple[str, ...]:
 
 def to_deephyper(measures: dict[str, float], objectives: Sequence[str]) -> float | tuple[float, ...]:
     """The value(s) DeepHyper maximises: minus each minimised objective, the maximised ones as they are."""
-    values = tuple(measures[OBJECTIVES[n].column] * (1 if OBJECTIVES[n].maximise else -1) for n in objectives)
+    values = tuple(-OBJECTIVES[n].cost_sign * measures[OBJECTIVES[n].column] for n in objectives)
     return values[0] if len(values) == 1 else values
 
 
 def from_deephyper(value: float, name: str) -> float:
     """An objective's own value from DeepHyper's (the inverse of :func:`to_deephyper`)."""
-    return value if OBJECTIVES[name].maximise else -value
+    return -OBJECTIVES[name].cost_sign * value
 
 
 def validation_errors(record: dict[str, Any]) -> dict[str, float]:
@@ -158,7 +163,7 @@ def inference_cost(checkpoint: str | os.PathLike, stores: Sequence[str], *, spli
     from torch.utils.flop_counter import FlopCounterMode
 
     from gfmkit.models import load_model
-    from gfmkit.precision import get_policy, precision_scope
+    from gfmkit.precision import get_policy, precision_scope, synchronize
 
     policy = get_policy(precision)
     device = torch.device(device)
@@ -177,12 +182,10 @@ def inference_cost(checkpoint: str | os.PathLike, stores: Sequence[str], *, spli
         once()  # warm-up
         seconds = []
         for _ in range(max(1, repeats)):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             once()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             seconds.append(time.perf_counter() - start)
     return {"throughput": n / min(seconds), "gflops_per_structure": flops / n / 1e9,
             "parameters": float(sum(p.numel() for p in model.parameters())), "timing_structures": float(n)}

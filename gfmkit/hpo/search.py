@@ -42,7 +42,6 @@ __all__ = ["best_config", "best_trial", "hpo_table", "pareto_table", "run_hpo", 
 log = get_logger(__name__)
 STUDY = "hpo.json"
 RESULTS = "results.csv"
-METHODS = ("thread", "process")
 COMMAND = "run_hpo or gfmkit hpo CONFIG SPACE"
 
 
@@ -123,8 +122,7 @@ def run_hpo(
     # even with several trials at a time (its max_evals_strict would count from zero after a reload)
     job_cap = (max(reported) + 1 if reported else 0) + remaining
     if kind == "mpi":
-        mpi_search(comm, ranks_per_trial, run_function, make_search, remaining, job_cap, base={**base, "progress": False},
-                   out=str(out), objectives=objectives, timing_structures=timing_structures)
+        mpi_search(comm, ranks_per_trial, run_function, make_search, remaining, job_cap, **run_function.keywords)
     elif kind == "cluster":
         _engine_search(where, run_function, make_search, remaining, job_cap)
     else:
@@ -194,8 +192,7 @@ def hpo_table(out: str | os.PathLike) -> pd.DataFrame:
 
 def _as_costs(table: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
     """The objectives of ``table``'s rows as costs to minimise (maximised ones negated)."""
-    return np.column_stack([table[OBJECTIVES[n].column].to_numpy(float) * (-1 if OBJECTIVES[n].maximise else 1)
-                            for n in objectives])
+    return np.column_stack([OBJECTIVES[n].cost_sign * table[OBJECTIVES[n].column].to_numpy(float) for n in objectives])
 
 
 def pareto_mask(table: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
@@ -217,7 +214,12 @@ def pareto_table(out: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     table = out if isinstance(out, pd.DataFrame) else hpo_table(out)
     if "pareto" not in table:
         raise ValueError("a Pareto front needs a search with several objectives")
-    return table[table["pareto"]].sort_values(table.columns[table.columns.get_loc("status") + 1]).reset_index(drop=True)
+    return table[table["pareto"]].sort_values(first_objective(table)).reset_index(drop=True)
+
+
+def first_objective(table: pd.DataFrame) -> str:
+    """The column of a search table's first objective (the first column after ``status``)."""
+    return str(table.columns[table.columns.get_loc("status") + 1])
 
 
 def best_trial(table: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from gfmkit.hpo.objectives import OBJECTIVES
-from gfmkit.hpo.search import hpo_table
+from gfmkit.hpo.search import first_objective, hpo_table
 
 LABELS = {o.column: o.label for o in OBJECTIVES.values()}
 
@@ -31,10 +31,6 @@ def _maximised(column: str) -> bool:
     return any(o.column == column and o.maximise for o in OBJECTIVES.values())
 
 
-def _first_objective(table: pd.DataFrame) -> str:
-    return str(table.columns[table.columns.get_loc("status") + 1])
-
-
 def _log_if_wide(ax: plt.Axes, values: pd.Series, axis: str) -> None:
     positive = values[values > 0]
     if len(positive) == len(values) and len(values) and positive.max() / positive.min() > 10:
@@ -46,7 +42,7 @@ def hpo_figure(out: str | os.PathLike | pd.DataFrame) -> Figure:
     trial and the best so far against the trial number, then one panel per searched key (log axes
     where a range spans more than a decade; categorical values as positions)."""
     table, done = _table(out)
-    y = _first_objective(table)
+    y = first_objective(table)
     label = LABELS.get(y, y)
     keys = list(table.columns[1:table.columns.get_loc("status")])  # the searched keys, between trial and status
     columns = 1 + len(keys)
