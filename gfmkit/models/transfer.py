@@ -88,11 +88,7 @@ def add_heads(model: MultiHeadPaiNN, heads: Sequence[HeadConfig], *, adapted: bo
         state[f"readout.{key}"] = fresh[f"readout.{key}"]
     prefix = f"readout.added.{block - 1}."
     state.update({k: v for k, v in fresh.items() if k.startswith(prefix)})
-    if model.adapters is not None:
-        from gfmkit.models.adapters import EncoderAdapters
-
-        new.set_adapters(EncoderAdapters(new.encoder, rank=model.adapters.rank))
     new = new.to(next(model.parameters()).dtype)
-    new.load_state_dict(state)
+    new.load_state_dict(state)  # rebuilds the LoRA adapters from their saved weights, when there are any
     copy_heads(new, model, {h.name: (sources or {}).get(h.name) for h in added})
     return new.to(model.readout.reference.device)

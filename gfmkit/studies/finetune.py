@@ -67,12 +67,15 @@ def cell_arguments(settings: Mapping[str, Any], strategy: str, fraction: float, 
 
 
 def scratch_checkpoint(pretrained: str | os.PathLike, path: str | os.PathLike, seed: int) -> Path:
-    """A checkpoint of ``pretrained``'s architecture and heads with fresh weights drawn with ``seed``."""
+    """A checkpoint of ``pretrained``'s architecture and heads with fresh weights drawn with ``seed``
+    (made once: an existing ``path``, from the same pretrained model and seed, is used as it is)."""
     import torch
 
     from gfmkit.models import load_model, save_checkpoint
     from gfmkit.models.multihead import MultiHeadPaiNN
 
+    if Path(path).is_file():
+        return Path(path)
     model = load_model(pretrained)
     torch.manual_seed(seed)
     fresh = MultiHeadPaiNN(model.config, model.heads).to(next(model.parameters()).dtype)

@@ -229,7 +229,7 @@ def trainable(model: MultiHeadPaiNN, strategy: str, *, last_k: int, replay: bool
         encoder = list(model.encoder.parameters())
     if replay and strategy in ("last-k", "full"):  # the pretrained heads fit their replayed data
         for block in model.readout.blocks()[:-1]:
-            rest += [p for name, p in block.named_parameters(recurse=False)]
+            rest += list(block.parameters(recurse=False))
     chosen = {id(p) for p in encoder + rest}
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)
