@@ -23,16 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import choose  # noqa: E402 - the benchmark's own rule for the kept checkpoint
+
 METRICS = ("energy_mae", "forces_mae", "stress_mae")
 PEER = "schnetpack"
-
-
-def chosen(records: list[dict[str, Any]], rule: str) -> dict[str, Any]:
-    """The record whose weights ``best.pt`` holds at the end under ``rule`` (the trainer's own decision)."""
-    from gfmkit.train.trainer import best_checkpoint_steps
-
-    kept = best_checkpoint_steps([r["val"]["loss"] for r in records], rule)
-    return [r for r, keep in zip(records, kept) if keep][-1]
 
 
 def load_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], int]:
@@ -83,11 +78,11 @@ def pool(runs: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]:
     for (dataset, steps, loss, name), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         ok = sorted((r for r in members if "diverged_at" not in r and r["records"]), key=lambda r: r["seed"])
         for rule in rules:
+            tests = {r["seed"]: choose(r["records"], rule)["test"] for r in ok}
             row: dict[str, Any] = {"dataset": dataset, "steps": steps, "loss": dict(loss), "model": name, "rule": rule,
                                    "n": len(ok), "diverged": len(members) - len(ok), "seeds": [r["seed"] for r in ok]}
             for metric in METRICS:
-                by_seed = {r["seed"]: chosen(r["records"], rule)["test"][metric] for r in ok
-                           if metric in chosen(r["records"], rule)["test"]}
+                by_seed = {seed: test[metric] for seed, test in tests.items() if metric in test}
                 if by_seed:
                     row[metric] = mean_sd(list(by_seed.values()))
                     values[(dataset, steps, loss, rule, name, metric)] = by_seed

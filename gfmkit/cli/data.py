@@ -96,12 +96,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from gfmkit.data.demo import build_demo
+    from gfmkit.data.demo.catalogue import select_datasets
 
     try:
-        table = build_demo(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets, progress=rank() == 0,
-                           comm=world(), overwrite=args.overwrite)
+        select_datasets(args.datasets)
     except KeyError as exc:  # an unknown demo dataset name
         raise CLIError(f"--datasets: {exc.args[0]}") from None
+    table = build_demo(args.out, seed=args.seed, scale=args.scale, datasets=args.datasets, progress=rank() == 0,
+                       comm=world(), overwrite=args.overwrite)
     print_table(table)
     return 0
 
