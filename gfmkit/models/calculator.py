@@ -30,10 +30,9 @@ def check_numbers(model: Any, numbers: np.ndarray) -> None:
         raise ModelInputError(f"atomic number {z} ({symbol}) is outside this model's elements (1 to max_z = {max_z})")
 
 
-def check_store_elements(model: Any, stores: Any) -> None:
+def check_store_elements(max_z: int, stores: Any) -> None:
     """Raise :class:`ModelInputError` naming the first store (of a store, a MultiStore or a list) that
-    holds an element beyond ``model``'s ``max_z``, before any of its structures reaches the model."""
-    max_z = model.config.max_z
+    holds an element beyond a model's ``max_z``, before any of its structures reaches the model."""
     for store in getattr(stores, "stores", None) or ([stores] if hasattr(stores, "elements") else stores):
         beyond = [e for e in store.elements if chemical_symbols.index(e) > max_z]
         if beyond:

@@ -125,7 +125,7 @@ def evaluate(
     policy = get_policy(precision)
     model = model.to(device).to(policy.param_dtype).eval()
     multi = _open(stores, model.head_names)
-    check_store_elements(model, multi)  # an element beyond max_z: the store named, not an IndexError
+    check_store_elements(model.config.max_z, multi)  # an element beyond max_z: the store named, not an IndexError
     dataset = GraphDataset(multi, model.config.cutoff, split=split, dtype=policy.sensitive_dtype)
     names = multi.registry.names
     dataset_of = np.array([names[h] for h in dataset.head]) if len(dataset) else np.array([], dtype=str)

@@ -135,6 +135,8 @@ class TrainingSetup:
         checkpoint's heads on resume; in the policy's dtype, the encoder frozen if its learning rate is 0."""
         config = self.config
         self.head_sources: dict[str, str | None] = {}
+        # an element beyond max_z: the store named (not an IndexError), before head statistics are fitted
+        check_store_elements(self.model_config.max_z, self.stores)
         if state is None:
             seed_everything(config.seed)
             model = build_model(self.model_config, self.stores, split=config.data.train_split,
@@ -142,7 +144,6 @@ class TrainingSetup:
         else:
             model = MultiHeadPaiNN(self.model_config,
                                    [load_config(HeadConfig, h, where=str(checkpoint)) for h in state["heads"]])
-        check_store_elements(model, self.stores)  # an element beyond max_z: the store named, not an IndexError
         missing = [name for name in self.stores.registry.names if name not in model.head_names]
         if missing:
             raise TrainingError(f"dataset(s) {missing} have no head in the model (heads: {model.head_names})")
