@@ -1,5 +1,6 @@
 """Screening throughput: model-only against end-to-end `gfmkit screen`, energies against weighted forces,
-fp32 against bf16-autocast, DataLoader workers against none, 1 against 2 MPI ranks (issue #17).
+fp32 against bf16-autocast, no prefetch against a prefetch thread, a prefetch process and a DataLoader worker,
+1 against 2 MPI ranks (issue #17).
 
 Random structures of the paper's kind (random compositions of the model's elements, 2-64 atoms, periodic,
 ``random:N:2-64``) through a multi-head PaiNN of the demo's size (hidden 64, 2 layers, cutoff 5 Å, one
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the in-process cases (1: the 2-core "
                    "machine is shared; 2 OpenMP threads on a busy core are slower than 1)")
     p.add_argument("--max-edges", type=int, default=20_000)
+    p.add_argument("--chunk-size", type=int, default=64, help="structures per resumable chunk (64: every chunk "
+                   "write and the merge count; gfmkit screen's default is 1024)")
     p.add_argument("--no-mpi", action="store_true", help="skip the 1- and 2-rank cases")
     p.add_argument("--cases", default=None, help="comma-separated subset of the in-process cases (all)")
     args = p.parse_args(argv)
@@ -84,17 +87,19 @@ def main(argv: list[str] | None = None) -> dict:
     def end_to_end(**options):
         def run():
             screen(checkpoint, spec, work / f"r{next(count)}.bp", weighting="overlap", max_edges=args.max_edges,
-                   chunk_size=64, progress=False, **options)
+                   chunk_size=args.chunk_size, progress=False, **options)
         return run
 
     cases = {
         "model_energy_fp32": model_only(),
         "screen_energy_fp32": end_to_end(prefetch=False),
         "screen_energy_fp32_1worker": end_to_end(workers=1),
-        "screen_energy_fp32_thread": end_to_end(prefetch=True),
+        "screen_energy_fp32_thread": end_to_end(prefetch="thread"),
+        "screen_energy_fp32_process": end_to_end(prefetch="process"),
         "model_weighted_forces_fp32": model_only("weighted"),
         "screen_weighted_forces_fp32": end_to_end(forces="weighted", prefetch=False),
-        "screen_weighted_forces_fp32_thread": end_to_end(forces="weighted", prefetch=True),
+        "screen_weighted_forces_fp32_thread": end_to_end(forces="weighted", prefetch="thread"),
+        "screen_weighted_forces_fp32_process": end_to_end(forces="weighted", prefetch="process"),
         "model_energy_bf16": model_only(precision="bf16-autocast"),
         "screen_energy_bf16": end_to_end(precision="bf16-autocast", prefetch=False),
     }
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "screen_speed", "issue": 17, "machine": machine_info(),
         "setup": {"structures": n, "source": spec, "atoms_per_structure": atoms / n, "edges_per_structure": edges / n,
-                  "max_edges": args.max_edges, "batches": len(batches), "threads": args.threads, "repeats": repeats,
+                  "max_edges": args.max_edges, "chunk_size": args.chunk_size, "batches": len(batches), "threads": args.threads, "repeats": repeats,
                   "model": "PaiNN hidden 64, 2 layers, cutoff 5, heads " + ",".join(heads), "weighting": "overlap"},
         "seconds": timings,
         "structures_per_s": {k: round(v, 2) for k, v in rates.items()},
@@ -119,19 +124,23 @@ def main(argv: list[str] | None = None) -> dict:
         "pipeline_overhead_energy": ("screen_energy_fp32", "model_energy_fp32"),
         "pipeline_overhead_energy_thread": ("screen_energy_fp32_thread", "model_energy_fp32"),
         "pipeline_overhead_weighted_forces": ("screen_weighted_forces_fp32", "model_weighted_forces_fp32"),
+        "pipeline_overhead_energy_process": ("screen_energy_fp32_process", "model_energy_fp32"),
         "pipeline_overhead_weighted_forces_thread": ("screen_weighted_forces_fp32_thread", "model_weighted_forces_fp32"),
+        "pipeline_overhead_weighted_forces_process": ("screen_weighted_forces_fp32_process",
+                                                      "model_weighted_forces_fp32"),
         "weighted_forces_over_energy_screen": ("screen_weighted_forces_fp32", "screen_energy_fp32"),
         "bf16_over_fp32_model": ("model_energy_bf16", "model_energy_fp32"),
         "bf16_over_fp32_screen": ("screen_energy_bf16", "screen_energy_fp32"),
         "one_worker_over_none_screen": ("screen_energy_fp32_1worker", "screen_energy_fp32"),
         "thread_over_none_screen": ("screen_energy_fp32_thread", "screen_energy_fp32"),
+        "process_over_thread_screen": ("screen_energy_fp32_process", "screen_energy_fp32_thread"),
     }
     for name, (a, b) in pairs.items():
         if a in rates and b in rates:
             ratio[name] = 1 - rates[a] / rates[b] if name.startswith("pipeline") else rates[a] / rates[b]
     ratio["goal_pipeline_overhead_at_most"] = 0.20
     if not args.no_mpi:
-        report["ranks"] = rank_cases(checkpoint, spec, work, args.max_edges)
+        report["ranks"] = rank_cases(checkpoint, spec, work, args.max_edges, args.chunk_size)
         ranks = report["ranks"]
         ratio["two_over_one_rank_total"] = ranks["2"]["structures_per_s"] / ranks["1"]["structures_per_s"]
     report["notes"] = ("2-core machine shared with other work (see load_average): absolute numbers are noisy, "
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def rank_cases(checkpoint: Path, spec: str, work: Path, max_edges: int) -> dict:
+def rank_cases(checkpoint: Path, spec: str, work: Path, max_edges: int, chunk_size: int) -> dict:
     """``gfmkit screen`` under mpiexec -n 1 and -n 2, one thread per rank; the screen's own summary."""
     import os
 
@@ -154,7 +163,7 @@ def rank_cases(checkpoint: Path, spec: str, work: Path, max_edges: int) -> dict:
         log(f"mpiexec -n {ranks} gfmkit screen")
         proc = subprocess.run([mpiexec, "-n", str(ranks), sys.executable, "-m", "gfmkit.cli", "screen", str(checkpoint),
                                "--source", spec, "--out", str(target), "--weighting", "overlap", "--max-edges",
-                               str(max_edges), "--chunk-size", "64", "--summary-json", "--no-progress"],
+                               str(max_edges), "--chunk-size", str(chunk_size), "--summary-json", "--no-progress"],
                               capture_output=True, text=True, env=env, check=True)
         summary = json.loads(proc.stdout)
         out[str(ranks)] = {k: summary[k] for k in ("structures", "seconds", "structures_per_s", "data_share",

@@ -1,4 +1,5 @@
-"""Process-level performance settings: glibc's allocator kept from handing memory back and forth.
+"""Process-level performance settings: glibc's allocator kept from handing memory back and forth, and
+torch's thread count for a stretch of work (:func:`torch_threads`).
 
 glibc serves an allocation above its mmap threshold with a fresh ``mmap`` and unmaps it on ``free``,
 and hands the top of its heap back once more than the trim threshold is free there. PaiNN's per-layer
@@ -16,8 +17,10 @@ alone. Other C libraries (musl, macOS) are left as they are.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from collections.abc import Iterator
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -45,3 +48,16 @@ def tune_allocator() -> bool:
     mmap_ok = any(mallopt(_M_MMAP_THRESHOLD, value) == 1 for value in _THRESHOLDS)
     _applied = mmap_ok and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
     return _applied
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[int]:
+    """Run the block with ``count`` torch threads (at least 1), then restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(count)))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

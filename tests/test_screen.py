@@ -240,9 +240,9 @@ class FailingSource:
 
 def test_a_failed_screen_resumes_from_its_finished_chunks(tiny_checkpoint, tmp_path, one_thread):
     whole = tmp_path / "whole.bp"
-    screen(tiny_checkpoint, SPEC, whole, chunk_size=5, progress=False, prefetch=True)  # a thread graphs ahead
+    screen(tiny_checkpoint, SPEC, whole, chunk_size=5, progress=False, prefetch="thread")  # a thread graphs ahead
     out = tmp_path / "resumed.bp"
-    with pytest.raises(RuntimeError, match="disk gone"):  # raised in the prefetch thread, reported here
+    with pytest.raises(RuntimeError, match="disk gone"):  # raised in the prefetch process, reported here
         screen(tiny_checkpoint, FailingSource(SPEC, 17), out, chunk_size=5, progress=False, prefetch=True)
     assert not out.exists() and len(list(work_dir(out).glob("chunk-*.bp"))) == 3
     summary = screen(tiny_checkpoint, SPEC, out, chunk_size=5, progress=False).attrs["summary"]
@@ -256,15 +256,30 @@ def test_a_failed_screen_resumes_from_its_finished_chunks(tiny_checkpoint, tmp_p
     assert result.returncode == 1 and "other settings" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("prefetch", ["process", "thread"])
+def test_batches_built_ahead_give_the_same_results(tiny_checkpoint, tmp_path, one_thread, prefetch):
+    from gfmkit.data.prefetch import fork_available
+
+    if prefetch == "process" and not fork_available():
+        pytest.skip("the prefetch process needs fork (Linux)")
+    options = dict(chunk_size=7, max_edges=300, forces="weighted", precision="fp64", progress=False)
+    plain = screen(tiny_checkpoint, SPEC, tmp_path / "plain.bp", prefetch=False, **options).attrs["summary"]
+    ahead = screen(tiny_checkpoint, SPEC, tmp_path / "ahead.bp", prefetch=prefetch, **options).attrs["summary"]
+    assert plain["per_rank"][0]["prefetch"] == "off" and ahead["per_rank"][0]["prefetch"] == prefetch
+    assert_same_results(tmp_path / "plain.bp", tmp_path / "ahead.bp")
+    assert torch.get_num_threads() == 1  # the model's threads are restored after the screen
+
+
 def test_auto_prefetch_only_for_a_rank_with_two_cores_or_more(monkeypatch):
     import socket
 
     from gfmkit.comm import SerialComm
-    from gfmkit.studies.screen import prefetch_pays
+    from gfmkit.data.prefetch import fork_available
+    from gfmkit.studies.screen import prefetch_mode, rank_cores
 
     cores = frozenset({0, 1, 2, 3})
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
-    assert prefetch_pays(SerialComm())
+    assert rank_cores(SerialComm()) == 4
 
     class NodeOf(SerialComm):  # ranks on this node (same mask), and on another
         def __init__(self, here, there=0):
@@ -273,11 +288,15 @@ def test_auto_prefetch_only_for_a_rank_with_two_cores_or_more(monkeypatch):
         def allgather(self, obj):
             return self.places
 
-    assert prefetch_pays(NodeOf(2))  # two cores each
-    assert not prefetch_pays(NodeOf(3))  # fewer than two each
-    assert prefetch_pays(NodeOf(1, 3))  # the other ranks run on other nodes
+    assert rank_cores(NodeOf(2)) == 2  # two cores each
+    assert rank_cores(NodeOf(3)) < 2  # fewer than two each
+    assert rank_cores(NodeOf(1, 3)) == 4  # the other ranks run on other nodes
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: frozenset({5}), raising=False)
-    assert not prefetch_pays(SerialComm())  # a rank bound to one core
+    assert rank_cores(SerialComm()) == 1  # a rank bound to one core
+    best = "process" if fork_available() else "thread"
+    assert prefetch_mode("auto", 0, 2) == best and prefetch_mode(True, 0, 1) == best
+    assert prefetch_mode("auto", 0, 1.5) == "off" and prefetch_mode("auto", 2, 8) == "off"  # workers build ahead
+    assert prefetch_mode(False, 0, 8) == "off" and prefetch_mode("thread", 0, 1) == "thread"
     with pytest.raises(ConfigError, match="prefetch"):
         screen("unused.pt", SPEC, "unused.bp", prefetch="sometimes")
 

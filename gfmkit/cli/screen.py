@@ -42,9 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-edges", type=positive_int, default=DEFAULT_MAX_EDGES, help="edges per batch")
     parser.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK, help="structures per resumable chunk")
     parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader processes that graph ahead")
-    parser.add_argument("--prefetch", nargs="?", choices=("auto", "on", "off"), const="on", default="auto",
-                        help="a thread graphs the next chunk while the model runs: on, off, or auto (default: on "
-                        "when this rank has two or more cores to itself)")
+    parser.add_argument("--prefetch", nargs="?", choices=("auto", "on", "off", "process", "thread"), const="on",
+                        default="auto", help="the next batches are built while the model runs, by a forked process "
+                        "or a thread: on (the process where fork is available), process, thread, off, or auto "
+                        "(default: on when this rank has two or more cores to itself)")
     parser.add_argument("--save-forces", action="store_true", help="keep per-atom weighted forces")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--top", type=non_negative_int, default=0, metavar="K", help="print the top K rows afterwards")
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     table = screen(args.checkpoint, args.source if len(args.source) > 1 else args.source[0], args.out,
                    heads=args.heads, weighting=args.weighting, forces=args.forces, precision=args.precision,
                    max_edges=args.max_edges, chunk_size=args.chunk_size, workers=args.workers,
-                   prefetch={"on": True, "off": False}.get(args.prefetch, "auto"),
+                   prefetch={"on": True, "off": False}.get(args.prefetch, args.prefetch),
                    save_forces=args.save_forces, device=args.device, overwrite=args.overwrite,
                    progress=not getattr(args, "no_progress", False))
     summary = table.attrs["summary"]

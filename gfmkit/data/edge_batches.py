@@ -4,9 +4,9 @@
 :func:`gfmkit.data.graphs.structure_graph`) and cuts them, in order, into batches of at most
 ``max_edges`` edges (a structure above the budget alone is a batch of its own). :class:`ChunkBatches`
 is the same per chunk as a map-style dataset, so that ``torch.utils.data.DataLoader`` workers build the
-next chunks' batches while the model runs (:func:`chunk_loader`), or a thread builds the next batches
-(:meth:`ChunkBatches.each_batch` through :func:`thread_prefetch`). A chunk's batches depend only on the
-chunk, never on which rank or worker builds them.
+next chunks' batches while the model runs (:func:`chunk_loader`), or a thread or a forked process builds
+the next batches (:meth:`ChunkBatches.each_batch` through :mod:`gfmkit.data.prefetch`). A chunk's batches
+depend only on the chunk, never on which rank, worker, thread or process builds them.
 """
 
 from __future__ import annotations
@@ -86,46 +86,6 @@ def chunk_loader(dataset: ChunkBatches, workers: int = 0, prefetch: int = 2) -> 
     options = {"prefetch_factor": prefetch} if workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                        collate_fn=_as_is, **options)
-
-
-def thread_prefetch(items: Any, depth: int = 2) -> Any:
-    """``items`` (an iterable) produced by a background thread, at most ``depth`` ahead: the neighbour
-    lists (vesin) and numpy work release the GIL while the model runs. An exception in the thread is
-    raised here, at the item where it happened."""
-    import queue
-    import threading
-
-    ahead: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                ahead.put((True, item))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            ahead.put((False, exc))
-        ahead.put((True, done))
-
-    worker = threading.Thread(target=produce, name="gfmkit-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            ok, item = ahead.get()
-            if not ok:
-                raise item
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                ahead.get_nowait()
-            except queue.Empty:
-                worker.join(0.01)
 
 
 def chunk_ranges(n_structures: int, chunk_size: int) -> np.ndarray:

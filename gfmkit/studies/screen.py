@@ -43,12 +43,19 @@ from gfmkit._version import __version__
 from gfmkit.comm import world
 from gfmkit.config import ConfigError
 from gfmkit.data import results_store as rs
-from gfmkit.data.edge_batches import ChunkBatches, chunk_loader, thread_prefetch
+from gfmkit.data.edge_batches import ChunkBatches, chunk_loader
+from gfmkit.data.prefetch import (
+    fork_available,
+    pack_batch,
+    process_prefetch,
+    thread_prefetch,
+    unpack_batch,
+)
 from gfmkit.data.screen_source import open_source
 from gfmkit.files import atomic_write_text
 from gfmkit.log import get_logger
 from gfmkit.outputs import OutputError, agree, check_store_output
-from gfmkit.performance import tune_allocator
+from gfmkit.performance import torch_threads, tune_allocator
 from gfmkit.progress import progress_bar
 from gfmkit.studies.registry import Ref, Study
 
@@ -58,6 +65,7 @@ STUDY = "screen.json"
 WEIGHTINGS = ("auto", "gate", "overlap", "uniform", "none")
 FORCES = ("none", "weighted", "each")
 PRECISIONS = ("fp64", "fp32", "bf16-autocast")
+PREFETCH = ("auto", "process", "thread", "off")
 SETTINGS = "settings.json"
 DEFAULT_MAX_EDGES = 50_000
 DEFAULT_CHUNK = 1024
@@ -102,9 +110,11 @@ def screen(
     ``forces``: "none", "weighted" (max |F| of the weighted forces) or "each" (per-head forces too: their
     disagreement). ``precision``: "fp64", "fp32" or "bf16-autocast". ``max_edges``: edges per batch.
     ``chunk_size``: structures per chunk (the unit of resumption). ``workers``: DataLoader processes that
-    build the next chunks' graphs while the model runs (0: in this process); ``prefetch``: a thread does
-    (True), or not (False), or "auto": a thread when this rank has at least two cores of the node to
-    itself (:func:`prefetch_pays`; measured in benchmarks/screen_speed.py, docs/screening.md). ``save_forces``: keep the
+    build the next chunks' graphs while the model runs (0: in this process); ``prefetch``: the next
+    batches are built while the model runs by a forked process ("process"), a thread ("thread"), the
+    better of the two this platform has (True: the process on Linux), not at all (False, "off"), or
+    "auto": as True when this rank has at least two cores of the node to itself and no workers
+    (:func:`prefetch_pays`; measured in benchmarks/screen_speed.py, docs/screening.md). ``save_forces``: keep the
     per-atom weighted forces. Returns the summary (one row per rank and a ``total`` row); the rows are in
     :func:`screen_table`.
     """
@@ -113,8 +123,10 @@ def screen(
     tune_allocator()  # freed batch memory is reused, not page-faulted afresh (2.3x here; gfmkit.performance)
     started = time.perf_counter()
     _check_choices(weighting, forces, precision, save_forces, max_edges, chunk_size)
-    if not (prefetch == "auto" or isinstance(prefetch, bool)):
-        raise ConfigError(f"prefetch must be True, False or 'auto', got {prefetch!r}")
+    if not (prefetch in PREFETCH or isinstance(prefetch, bool)):
+        raise ConfigError(f"prefetch must be True, False or one of {', '.join(PREFETCH)}, got {prefetch!r}")
+    if prefetch == "process" and not fork_available():
+        raise ConfigError("prefetch='process' needs fork (Linux); use 'thread'")
     agree(comm, lambda: check_store_output(out, overwrite=overwrite))
     model, chosen, src = _agreed(comm, lambda: _open(checkpoint, source, heads, weighting, precision, device))
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": _sha256(checkpoint),
@@ -126,11 +138,14 @@ def screen(
     n_chunks = -(-len(src) // chunk_size)
     remaining = [c for c in range(n_chunks) if c not in set(done)]
     mine = remaining[len(remaining) * comm.rank // comm.size: len(remaining) * (comm.rank + 1) // comm.size]
-    if prefetch == "auto":
-        prefetch = workers == 0 and prefetch_pays(comm)
-    with _abort_on_failure(comm):
+    cores = rank_cores(comm)
+    prefetch = prefetch_mode(prefetch, workers, cores)
+    # a prefetch process takes a core of its own and the model keeps the others: torch's OpenMP threads
+    # spin, so one on the process's core slowed both (2 cores: 335 against 502 structures/s)
+    threads = min(torch.get_num_threads(), max(1, int(cores) - 1)) if prefetch == "process" else torch.get_num_threads()
+    with _abort_on_failure(comm), torch_threads(threads):
         stats = _run_chunks(model, src, mine, work, settings, (workers, prefetch), device, progress and comm.rank == 0)
-    stats["prefetch"] = bool(prefetch)
+    stats["prefetch"] = prefetch
     stats["resumed_chunks"] = len(done)
     every = comm.gather(stats, root=0)
     summary = None
@@ -145,17 +160,28 @@ def screen(
     return summary_table(summary)
 
 
-def prefetch_pays(comm: Any) -> bool:
-    """Whether a prefetch thread pays: this rank has at least two cores of its own (the cores of its
-    affinity mask, split among the ranks on the same node that share that mask). Measured on 2 cores
-    (docs/screening.md): with one rank the thread gave 1.34x (1 torch thread) and 1.11x (2 torch
-    threads); with two ranks, one core each, it cost 3 %."""
+def prefetch_mode(prefetch: bool | str, workers: int, cores: float) -> str:
+    """What builds the next batches on a rank with ``cores`` cores of its own (:func:`rank_cores`):
+    "process", "thread" or "off" (see :func:`screen`). "auto" builds ahead where the rank has at least
+    two cores and no DataLoader workers. Measured on 2 cores (docs/screening.md): with one rank a
+    prefetch process and one torch thread screened 1.25x faster than two torch threads without
+    prefetch; with two ranks of one core each a prefetch thread cost 3 %."""
+    if prefetch == "auto":
+        prefetch = workers == 0 and cores >= 2
+    if prefetch is True:
+        return "process" if fork_available() else "thread"
+    return "off" if prefetch is False else str(prefetch)
+
+
+def rank_cores(comm: Any) -> float:
+    """The cores this rank has to itself: those of its affinity mask, split among the ranks on the same
+    node that share that mask."""
     import socket
 
     cores = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset(range(os.cpu_count() or 1))
     here = (socket.gethostname(), cores)
     sharing = sum(place == here for place in comm.allgather(here))
-    return len(cores) / sharing >= 2
+    return len(cores) / sharing
 
 
 def _check_choices(weighting, forces, precision, save_forces, max_edges, chunk_size) -> None:
@@ -281,7 +307,7 @@ def _run_chunks(model, src, chunks, work, settings, loading, device, show) -> di
         if workers:
             stream = ((c, b, k == len(bs) - 1) for c, bs in chunk_loader(dataset, workers) for k, b in enumerate(bs))
         else:
-            stream = thread_prefetch(dataset.each_batch(), depth=4) if prefetch else dataset.each_batch()
+            stream = batch_stream(dataset, prefetch)
         rows, first = [], None
         for chunk, batch, last in stream:
             now = time.perf_counter()
@@ -305,6 +331,14 @@ def _run_chunks(model, src, chunks, work, settings, loading, device, show) -> di
             count += len(columns["natoms"])
             bar.set_postfix_str(f"{count / max(tick - began, 1e-9):.1f} structures/s")
     return {"structures": count, "chunks": len(chunks), "seconds": time.perf_counter() - began, **times}
+
+
+def batch_stream(dataset: ChunkBatches, prefetch: str) -> Iterator[tuple[int, Any, bool]]:
+    """``dataset.each_batch()``, built ahead by a process or a thread (``prefetch``) or as asked for ("off")."""
+    if prefetch == "process":
+        return process_prefetch(dataset.each_batch, depth=4, pack=lambda item: (item[0], pack_batch(item[1]), item[2]),
+                                unpack=lambda item: (item[0], unpack_batch(item[1]), item[2]))
+    return thread_prefetch(dataset.each_batch(), depth=4) if prefetch == "thread" else dataset.each_batch()
 
 
 def check_batch_elements(model: Any, batch: Any, first: int, source: Any) -> None:
