@@ -7,6 +7,7 @@ to print progress messages on stderr. Non-zero MPI ranks stay quiet unless asked
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 _ROOT = "gfmkit"
@@ -32,3 +33,12 @@ def set_verbosity(level: int | str = "INFO", *, rank: int = 0) -> None:
     handler._gfmkit = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+
+
+#: a terminal colour code (ESC [ ... m), as libraries (ADIOS2, ipyparallel tracebacks) put into messages
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_colour(text: str) -> str:
+    """``text`` without terminal colour codes."""
+    return _COLOUR.sub("", text)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 import traceback
@@ -14,7 +13,7 @@ from typing import Any, NoReturn
 import pandas as pd
 
 from gfmkit.comm import world
-from gfmkit.log import set_verbosity
+from gfmkit.log import set_verbosity, strip_colour
 
 
 class CLIError(Exception):
@@ -106,7 +105,7 @@ def fail(command: str, message: str, code: int = 1) -> int:
 
 def one_line(message: Any) -> str:
     """``message`` as one line: its lines joined, terminal colour codes dropped."""
-    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(message)).split())
+    return " ".join(strip_colour(str(message)).split())
 
 
 #: Under MPI, how long a rank other than 0 waits before reporting its own error: long enough for rank 0,

@@ -44,7 +44,7 @@ from gfmkit.cluster.profiles import Profile, as_profile
 from gfmkit.cluster.scripts import render_batch_script
 from gfmkit.files import atomic_write_text
 from gfmkit.launch import allocated_node_count, scheduler_of
-from gfmkit.log import get_logger
+from gfmkit.log import get_logger, strip_colour
 from gfmkit.progress import progress_bar
 
 log = get_logger(__name__)
@@ -55,7 +55,6 @@ CLUSTER_PREFIX = "gfmkit-"
 LOGIN_NODE_MAX_ENGINES = 4
 LOGIN_NODE_MAX_THREADS = 2
 _ENGINE_COMMAND = "GFMKIT_IPENGINE_COMMAND"
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class EngineDied(RuntimeError):
@@ -336,7 +335,7 @@ def _mpi_rank() -> int:
 def _first_traceback(exc: Any) -> str:
     for _ename, _evalue, tb, _info in exc.elist:
         if tb:
-            return _ANSI.sub("", tb if isinstance(tb, str) else "".join(tb))
+            return strip_colour(tb if isinstance(tb, str) else "".join(tb))
     return ""
 
 

@@ -22,6 +22,7 @@ from gfmkit import keys
 from gfmkit.data import store_format as fmt
 from gfmkit.data.store_check import StoreDamaged, check_store_files
 from gfmkit.data.structure import Structure
+from gfmkit.log import strip_colour
 
 _SPLIT = re.compile(r"^(?P<name>[a-z]+)(?:\[:(?P<limit>\d+|(?:\d*\.\d+|\d+\.?)(?:e-?\d+)?)\])?$")
 
@@ -160,7 +161,7 @@ def locate(bounds: np.ndarray, index: int) -> tuple[int, int]:
 
 def adios_message(exc: BaseException) -> str:
     """An ADIOS2 exception's text in one line, without its terminal colour codes and timestamps."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    text = strip_colour(str(exc))
     text = re.sub(r"\x1b|\[[0-9;]*m", "", text)  # also the codes' remains when ESC was already dropped
     text = re.sub(r"\[[A-Z][a-z]{2} [A-Z][a-z]{2} +\d+ [0-9:]+ \d{4}\]", "", text)
     text = re.sub(r"^\s*(<\w+>\s*)+:\s*", "", text.replace("[ADIOS2 EXCEPTION]", ""))  # <Engine> <BP4Reader> ... :
