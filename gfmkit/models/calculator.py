@@ -42,7 +42,7 @@ def check_store_elements(max_z: int, stores: Any) -> None:
 
 def trained_elements(head: Any) -> set[str]:
     """The elements ``head`` saw in training (its composition, else its reference energies; empty: unknown)."""
-    return set(head.composition) or set(head.reference_energies)
+    return set(head.training_composition())
 
 
 class GFMCalculator(Calculator):

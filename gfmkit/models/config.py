@@ -67,6 +67,11 @@ class HeadConfig:
     # the head reads the encoder with its LoRA adapters (gfmkit.models.adapters); the other heads never do
     adapted: bool = False
 
+    def training_composition(self) -> dict[str, float]:
+        """Element shares of the head's training data: :attr:`composition`, or (older checkpoints, which
+        lack it) the reference elements, equally; empty when neither is known."""
+        return dict(self.composition) or {symbol: 1.0 for symbol in self.reference_energies}
+
     def __post_init__(self) -> None:
         if self.block < 0:
             raise ValueError(f"head {self.name!r}: block must be >= 0, got {self.block}")

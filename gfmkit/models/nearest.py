@@ -24,11 +24,6 @@ def composition_distance(a: Mapping[str, float], b: Mapping[str, float]) -> floa
     return 0.5 * float(np.abs(vector(a) - vector(b)).sum())
 
 
-def head_composition(head: HeadConfig) -> dict[str, float]:
-    """A head's training element fractions, or (older checkpoints) its reference elements, equally."""
-    return dict(head.composition) or {symbol: 1.0 for symbol in head.reference_energies}
-
-
 def nearest_head(new: HeadConfig, pretrained: Sequence[HeadConfig]) -> str | None:
     """The pretrained head of ``new``'s kind (and, for a property, its target where one has it) whose
     training composition is closest to ``new.composition``; None when no head is of its kind."""
@@ -37,7 +32,7 @@ def nearest_head(new: HeadConfig, pretrained: Sequence[HeadConfig]) -> str | Non
         candidates = [h for h in candidates if h.target == new.target]
     if not candidates:
         return None
-    distances = [composition_distance(new.composition, head_composition(h)) for h in candidates]
+    distances = [composition_distance(new.composition, h.training_composition()) for h in candidates]
     return candidates[int(np.argmin(distances))].name
 
 

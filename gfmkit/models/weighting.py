@@ -93,7 +93,7 @@ def head_compositions(model: Any) -> torch.Tensor:
     """(n_heads, max_z + 1) float64 training element fractions of each head (see the module doc)."""
     table = torch.zeros(len(model.heads), model.config.max_z + 1, dtype=torch.float64)
     for k, head in enumerate(model.heads):
-        shares = dict(head.composition) or {symbol: 1.0 for symbol in head.reference_energies}
+        shares = head.training_composition()
         total = sum(shares.values())
         for symbol, share in shares.items():
             table[k, atomic_numbers[symbol]] = share / total if total > 0 else 0.0
