@@ -201,3 +201,21 @@ def test_the_command_fine_tunes_and_refuses_bad_requests_in_one_line(pretrained,
     assert again.returncode == 1 and "overwrite" in again.stderr
     usage = run_cli("finetune", pretrained)
     assert usage.returncode == 1 and "--data" in usage.stderr
+
+
+def test_the_pretrained_errors_are_evaluated_once_for_several_fine_tunes(pretrained, demo_dir, monkeypatch):
+    import importlib
+
+    evaluation, tuning = (importlib.import_module(f"gfmkit.train.{name}") for name in ("evaluate", "finetune"))
+
+    monkeypatch.setattr(tuning, "_BEFORE", {})
+    calls = []
+    real = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
+    runs = [finetune(pretrained, demo_dir / "alloys_al.bp", None, strategy="full", steps=1, seed=seed,
+                     max_structures=2, progress=False) for seed in (0, 1)]
+    # per fine-tune: the new head's test errors and the tuned model's pretraining errors; the pretrained
+    # model's own errors only in the first
+    assert len(calls) == 2 + 3
+    first, second = (r.forgetting.set_index(["dataset", "metric"]) for r in runs)
+    assert first["before"].equals(second["before"]) and not first["after"].equals(second["after"])

@@ -153,8 +153,8 @@ def finetune(
                      train_split=train_split, progress=progress)
     model.eval()
     test = _new_head_errors(model, downstream, dict(zip(new_names, names)), eval_split, max_structures)
-    forgetting = (forgetting_table(pretrained, model, pretraining, split=forgetting_split, max_structures=max_structures)
-                  if pretraining is not None else pd.DataFrame())
+    forgetting = (forgetting_table(pretrained, model, pretraining, split=forgetting_split, max_structures=max_structures,
+                                   checkpoint=checkpoint) if pretraining is not None else pd.DataFrame())
     settings.update(checkpoint=str(Path(checkpoint).absolute()), data=[str(Path(s.path).absolute()) for s in downstream.stores],
                     heads=new_names, sources=sources,
                     train_structures={s.name: int(len(s.split_indices(train_split))) for s in downstream.stores},
@@ -303,15 +303,38 @@ def _new_head_errors(model: MultiHeadPaiNN, stores: MultiStore, datasets: dict[s
     return pd.concat(rows, ignore_index=True)
 
 
+#: The pretrained model's errors per (checkpoint file, its size and time, stores, registry, split, cap): a study
+#: fine-tunes one checkpoint in many cells, and its "before" errors are the same in every one of them.
+_BEFORE: dict[tuple, pd.DataFrame] = {}
+_BEFORE_KEPT = 8
+
+
 def forgetting_table(before: MultiHeadPaiNN, after: MultiHeadPaiNN, stores: MultiStore, *, split: str = "val",
-                     max_structures: int | None = None) -> pd.DataFrame:
+                     max_structures: int | None = None, checkpoint: str | os.PathLike | None = None) -> pd.DataFrame:
     """Each pretraining dataset's errors under its own head before and after fine-tuning, on ``split``:
-    one row per (dataset, metric) with ``before``, ``after`` and ``change`` (after / before - 1)."""
+    one row per (dataset, metric) with ``before``, ``after`` and ``change`` (after / before - 1).
+    ``checkpoint``: the file ``before`` was loaded from, unchanged; its errors are then evaluated once per
+    process and reused by later fine-tunes of the same file on the same stores."""
     from gfmkit.train.evaluate import METRICS, evaluate
 
-    tables = [evaluate(m, stores, split=split, figures=False, max_structures=max_structures).summary
-              for m in (before, after)]
-    merged = tables[0].merge(tables[1], on="dataset", suffixes=("_before", "_after"))
+    def errors(model: MultiHeadPaiNN) -> pd.DataFrame:
+        return evaluate(model, stores, split=split, figures=False, max_structures=max_structures).summary
+
+    key = None
+    if checkpoint is not None:
+        stat = Path(checkpoint).stat()
+        key = (str(Path(checkpoint).resolve()), stat.st_size, stat.st_mtime_ns,
+               tuple(str(Path(s.path).resolve()) for s in stores.stores), tuple(stores.registry.names), split,
+               max_structures)
+    if key is not None and key in _BEFORE:
+        before_errors = _BEFORE[key]
+    else:
+        before_errors = errors(before)
+        if key is not None:
+            while len(_BEFORE) >= _BEFORE_KEPT:
+                _BEFORE.pop(next(iter(_BEFORE)))
+            _BEFORE[key] = before_errors
+    merged = before_errors.merge(errors(after), on="dataset", suffixes=("_before", "_after"))
     rows = []
     for _, row in merged.iterrows():
         for metric in METRICS:
