@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import types
 from collections.abc import Mapping, Sequence
@@ -53,8 +52,9 @@ from gfmkit.models.transfer import add_heads
 from gfmkit.models.weighting import set_head_compositions
 from gfmkit.outputs import check_folder_files
 from gfmkit.progress import progress_bar
-from gfmkit.train.config import LossConfig
+from gfmkit.train.config import LossConfig, ScheduleConfig
 from gfmkit.train.loss import HeadTable, combine, loss_parts, wants_stress
+from gfmkit.train.state import Schedule
 
 STRATEGIES = ("head", "lora", "last-k", "full")
 #: encoder learning-rate factor of each strategy when none is given
@@ -252,6 +252,7 @@ def _train(model: MultiHeadPaiNN, downstream: MultiStore, pretraining: MultiStor
     encoder, rest = trainable(model, strategy, last_k=last_k, replay=old is not None)
     groups = [{"params": rest, "scale": 1.0}] + ([{"params": encoder, "scale": encoder_lr_scale}] if encoder else [])
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
+    schedule = Schedule(ScheduleConfig(kind="cosine", warmup_steps=0, min_lr_ratio=0.0), lr, steps)  # cosine to 0
     loss_config = LossConfig()
     table = HeadTable.from_model(model, properties)
     draws = _Draws(len(new), seed)
@@ -264,7 +265,7 @@ def _train(model: MultiHeadPaiNN, downstream: MultiStore, pretraining: MultiStor
         if n_old:
             graphs += [old[int(k)] for k in rng.integers(len(old), size=n_old)]
         batch = collate(graphs)
-        rate = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        rate = schedule.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = rate * group["scale"]
         out = model(batch, forces=bool(table.is_energy[batch.dataset].any()), stress=wants_stress(batch, loss_config),
