@@ -74,6 +74,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bessel-xavier": {"radial_basis": "bessel", "init": "xavier"},
     "gaussian-torch": {"radial_basis": "gaussian", "init": "torch"},
     "gaussian-xavier": {"radial_basis": "gaussian", "init": "xavier"},
+    "polynomial-cutoff": {"cutoff_fn": "polynomial"},  # DimeNet's p = 6 envelope instead of the cosine
+    "zero-head": {"init": "xavier-zero-head"},  # each head MLP's last layer starts at zero
     # the defaults, started from schnetpack's initial weights of the same seed (copy_schnetpack_into_gfmkit):
     # the runs differ from schnetpack's only by floating-point rounding, which isolates the weight draw
     "schnetpack-weights": {},

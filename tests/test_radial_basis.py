@@ -1,5 +1,6 @@
-"""Radial bases and initialisation as model options (issue #15): the bases' values, the options
-recorded in checkpoints, and checkpoints from before the options loading and predicting as before."""
+"""Radial bases, cutoff functions and initialisation as model options (issue #15): the bases' and
+cutoffs' values, the options recorded in checkpoints, and checkpoints from before the options loading
+and predicting as before."""
 
 from __future__ import annotations
 
@@ -19,8 +20,16 @@ from gfmkit.models import (
     read_checkpoint,
     save_checkpoint,
 )
+from gfmkit.models.checkpoint import SCHEMA_VERSION
 from gfmkit.models.config import LEGACY
-from gfmkit.models.radial import GaussianBasis, SineBasis, radial_basis
+from gfmkit.models.radial import (
+    GaussianBasis,
+    SineBasis,
+    cosine_cutoff,
+    cutoff_function,
+    polynomial_cutoff,
+    radial_basis,
+)
 
 #: Written by gfmkit at commit 048b15b (before ``radial_basis`` and ``init`` existed): a float64 model
 #: (8 features, 2 layers, 6 radial functions, 4 Å) and its energies, forces and stress on
@@ -99,6 +108,7 @@ def test_checkpoint_from_before_the_options_loads_and_predicts_exactly_as_before
     model = load_model(LEGACY_CHECKPOINT)
     assert model.config.radial_basis == LEGACY["radial_basis"] == "bessel"
     assert model.config.init == LEGACY["init"] == "torch"
+    assert model.config.cutoff_fn == LEGACY["cutoff_fn"] == "cosine"
     assert isinstance(model.encoder.basis, SineBasis)
     out = model(batch_of(alloy_cell(0), a_molecule()), forces=True, stress=True)
     for key, expected in data["predictions"].items():
@@ -107,7 +117,8 @@ def test_checkpoint_from_before_the_options_loads_and_predicts_exactly_as_before
     again = tmp_path / "again.pt"
     save_checkpoint(model, again)
     stored = torch.load(again, weights_only=True)
-    assert stored["schema_version"] == 2 and stored["config"]["radial_basis"] == "bessel"
+    assert stored["schema_version"] == SCHEMA_VERSION and stored["config"]["radial_basis"] == "bessel"
+    assert stored["config"]["cutoff_fn"] == "cosine"
     assert torch.equal(load_model(again)(batch_of(alloy_cell(0)), forces=True)["forces"],
                        model(batch_of(alloy_cell(0)), forces=True)["forces"])
 
@@ -123,3 +134,81 @@ def test_new_checkpoints_keep_their_basis_through_the_migration(tmp_path):
     data = torch.load(path, weights_only=True)
     torch.save({**data, "schema_version": 1}, tmp_path / "named.pt")
     assert load_model(tmp_path / "named.pt").config.radial_basis == "gaussian"
+
+
+def test_polynomial_cutoff_is_dimenets_envelope_and_vanishes_smoothly_at_the_cutoff():
+    d = torch.tensor([0.0, 1.0, 2.5, 3.9, 4.0, 5.5], dtype=torch.float64, requires_grad=True)
+    values = polynomial_cutoff(d, 4.0)
+    x = d.detach() / 4.0
+    expected = torch.where(x < 1, 1 - 28 * x**6 + 48 * x**7 - 21 * x**8, torch.zeros_like(x))
+    torch.testing.assert_close(values.detach(), expected, rtol=0, atol=1e-13)  # cancellation near rc
+    assert values[0] == 1 and values[4] == 0 and values[5] == 0
+    # the slope is -168 x^5 (1 - x)^2 / rc: with the curvature, it vanishes as d approaches rc
+    (slope,) = torch.autograd.grad(values.sum(), d)
+    torch.testing.assert_close(slope, torch.where(x < 1, -168 * x**5 * (1 - x) ** 2 / 4.0, 0 * x), rtol=1e-12, atol=1e-14)
+    near = torch.tensor([4.0 * (1 - 1e-4)], dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(polynomial_cutoff(near, 4.0).sum(), near, create_graph=True)
+    (curvature,) = torch.autograd.grad(slope.sum(), near)
+    assert abs(float(slope)) < 1e-6 and abs(float(curvature)) < 1e-2  # ~ (1 - x)^2 and ~ (1 - x)
+    assert polynomial_cutoff(d.detach().float(), 4.0).dtype == torch.float32
+    assert cutoff_function("cosine") is cosine_cutoff and cutoff_function("polynomial") is polynomial_cutoff
+    with pytest.raises(ValueError, match="unknown cutoff function"):
+        cutoff_function("step")
+    with pytest.raises(ConfigError, match="cutoff_fn"):
+        load_config(ModelConfig, {"cutoff_fn": "smooth"})
+
+
+def test_cutoff_option_is_recorded_and_changes_the_model(tmp_path):
+    heads = [HeadConfig("a")]
+    small = {"hidden": 8, "layers": 1, "n_rbf": 4, "cutoff": 4.0, "head_hidden": 4}
+    assert ModelConfig().cutoff_fn == "cosine"
+    models = {}
+    for kind in ("cosine", "polynomial"):
+        torch.manual_seed(0)
+        models[kind] = MultiHeadPaiNN(ModelConfig(**small, cutoff_fn=kind), heads).double()
+    batch = batch_of(alloy_cell(0))
+    assert not torch.allclose(models["cosine"](batch, forces=False)["energy"], models["polynomial"](batch, forces=False)["energy"])
+    path = save_checkpoint(models["polynomial"], tmp_path / "poly.pt")
+    assert read_checkpoint(path)["config"]["cutoff_fn"] == "polynomial"
+    loaded = load_model(path)
+    assert loaded.config.cutoff_fn == "polynomial"
+    assert torch.equal(loaded(batch, forces=True)["forces"], models["polynomial"](batch, forces=True)["forces"])
+
+
+def test_schema_2_checkpoint_without_the_cutoff_key_loads_with_the_cosine_cutoff(tmp_path):
+    torch.manual_seed(2)
+    model = MultiHeadPaiNN(ModelConfig(hidden=8, layers=2, n_rbf=4, cutoff=4.0, head_hidden=4), [HeadConfig("a")]).double()
+    data = torch.load(save_checkpoint(model, tmp_path / "new.pt"), weights_only=True)
+    config = {k: v for k, v in data["config"].items() if k != "cutoff_fn"}
+    torch.save({**data, "config": config, "schema_version": 2}, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert old.config.cutoff_fn == "cosine"
+    batch = batch_of(alloy_cell(1), a_molecule())
+    expected, got = model(batch, forces=True, stress=True), old(batch, forces=True, stress=True)
+    for key in ("energy", "forces", "stress"):
+        assert torch.equal(got[key], expected[key]), key
+    # a schema-2 file that names a cutoff keeps it
+    torch.save({**data, "config": {**config, "cutoff_fn": "polynomial"}, "schema_version": 2}, tmp_path / "named.pt")
+    assert load_model(tmp_path / "named.pt").config.cutoff_fn == "polynomial"
+
+
+def test_zero_head_initialisation_predicts_the_fitted_baseline():
+    heads = [HeadConfig("a", reference_energies={"H": -1.1, "C": -1.5, "O": -2.0, "Cu": -0.3, "Au": -0.2}, scale=0.7,
+                        shift=0.1),
+             HeadConfig("b", reference_energies={"Cu": -0.5, "Au": -0.4}, scale=1.3, shift=-0.2)]
+    small = {"hidden": 8, "layers": 2, "n_rbf": 4, "cutoff": 4.0, "head_hidden": 4}
+    torch.manual_seed(0)
+    zero = MultiHeadPaiNN(ModelConfig(**small, init="xavier-zero-head"), heads).double()
+    torch.manual_seed(0)
+    xavier = MultiHeadPaiNN(ModelConfig(**small, init="xavier"), heads).double()
+    assert not zero.readout.w2.any() and not zero.readout.b2.any()
+    # the same draws as "xavier" everywhere else
+    for (name, a), (_, b) in zip(zero.named_parameters(), xavier.named_parameters()):
+        if name not in ("readout.w2", "readout.b2"):
+            assert torch.equal(a, b), name
+    molecule, cell = a_molecule(), alloy_cell(0)
+    out = zero(batch_of(molecule, cell, heads=[0, 1]), forces=True, stress=True)
+    baseline = [sum(heads[0].reference_energies[s] for s in molecule.get_chemical_symbols()) + 0.1 * len(molecule),
+                sum(heads[1].reference_energies[s] for s in cell.get_chemical_symbols()) - 0.2 * len(cell)]
+    torch.testing.assert_close(out["energy"], torch.tensor(baseline, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert not out["forces"].any() and not out["stress"].any()

@@ -22,7 +22,7 @@ from gfmkit.models.config import LEGACY, HeadConfig, ModelConfig
 from gfmkit.models.multihead import MultiHeadPaiNN
 
 FORMAT = "gfmkit-checkpoint"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class CheckpointError(ValueError):
@@ -141,9 +141,18 @@ def _migrate_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
     was built with the only ones gfmkit had then (``LEGACY``: the sine basis, torch's initialisation),
     so the model loads and predicts exactly as before."""
     data = dict(data)
-    data["config"] = {**LEGACY, **data["config"]}
+    data["config"] = {**{k: LEGACY[k] for k in ("radial_basis", "init")}, **data["config"]}
     data["schema_version"] = 2
     return data
 
 
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+def _migrate_2_to_3(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 3 records the cutoff function; a config without it was built with the cosine cutoff
+    (``LEGACY``), the only one gfmkit had then."""
+    data = dict(data)
+    data["config"] = {"cutoff_fn": LEGACY["cutoff_fn"], **data["config"]}
+    data["schema_version"] = 3
+    return data
+
+
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}

@@ -24,8 +24,13 @@ class ModelConfig:
     # see gfmkit.models.radial. A stored config without the key is a model from before the option: LEGACY.
     radial_basis: Literal["gaussian", "bessel"] = "gaussian"
     # initial weights of fresh models: "xavier" (Xavier-uniform weights, zero biases, in every linear
-    # layer of encoder and heads) or "torch" (torch's defaults, gfmkit's only choice before the option)
-    init: Literal["xavier", "torch"] = "xavier"
+    # layer of encoder and heads), "xavier-zero-head" (the same, but each head MLP's last layer zero, so a
+    # fresh model predicts exactly its fitted references and shift) or "torch" (torch's defaults, gfmkit's
+    # only choice before the option)
+    init: Literal["xavier", "xavier-zero-head", "torch"] = "xavier"
+    # cutoff that multiplies every filter: "cosine" (PaiNN's, gfmkit's only one before the option) or
+    # "polynomial" (DimeNet's envelope, p = 6); see gfmkit.models.radial. Without the key: LEGACY.
+    cutoff_fn: Literal["cosine", "polynomial"] = "cosine"
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "n_rbf", "max_z", "head_hidden"):
@@ -37,7 +42,7 @@ class ModelConfig:
 
 #: What a stored model config without these keys was built with (the behaviour before the options
 #: existed): checkpoints migrate to them, so an old model loads and predicts exactly as before.
-LEGACY = {"radial_basis": "bessel", "init": "torch"}
+LEGACY = {"radial_basis": "bessel", "init": "torch", "cutoff_fn": "cosine"}
 
 
 @dataclass

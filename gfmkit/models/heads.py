@@ -98,6 +98,14 @@ class StackedHeads(nn.Module):
         for block in self.blocks():
             HeadBlock.xavier_(block)
 
+    @torch.no_grad()
+    def zero_last_(self) -> None:
+        """Zero weights and bias of every head MLP's last layer: per-atom outputs start at exactly 0, so the
+        heads predict their fitted references and shift (``ModelConfig.init = "xavier-zero-head"``)."""
+        for block in self.blocks():
+            block.w2.zero_()
+            block.b2.zero_()
+
     def head(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views of the (w1, b1, w2, b2) of head ``k`` (model order), whichever block holds it."""
         for block, size in zip(self.blocks(), self.sizes):

@@ -42,11 +42,13 @@ class MultiHeadPaiNN(nn.Module):
             if len({h.adapted for h in self.heads if h.block == block}) > 1:
                 raise ValueError(f"heads of block {block} must all be adapted or all not")
         self.direct = nn.Linear(config.hidden, len(self.heads), bias=False) if config.direct_forces else None
-        if config.init == "xavier":  # after torch's defaults, so "torch" draws the same numbers as before
+        if config.init != "torch":  # after torch's defaults, so "torch" draws the same numbers as before
             self.encoder.xavier_()
             self.readout.xavier_()
             if self.direct is not None:
                 nn.init.xavier_uniform_(self.direct.weight)
+            if config.init == "xavier-zero-head":  # the draws of "xavier", then each head's last layer zeroed
+                self.readout.zero_last_()
         self.load_head_statistics()
 
     @property
@@ -115,7 +117,8 @@ class MultiHeadPaiNN(nn.Module):
     def _new_encoder(self) -> PaiNNEncoder:
         """A freshly initialised encoder of this model's architecture."""
         c = self.config
-        return PaiNNEncoder(c.hidden, c.layers, c.n_rbf, c.cutoff, c.max_z, c.conditioning, basis=c.radial_basis)
+        return PaiNNEncoder(c.hidden, c.layers, c.n_rbf, c.cutoff, c.max_z, c.conditioning, basis=c.radial_basis,
+                            cutoff_fn=c.cutoff_fn)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``; a state with a head gate (``gate.*``) or LoRA adapters

@@ -1,5 +1,6 @@
 """The PaiNN encoder (Schütt, Unke, Gastegger, ICML 2021): scalar and vector features, message and
-update blocks, a radial basis (Gaussian or sine/Bessel, gfmkit.models.radial) with a cosine cutoff.
+update blocks, a radial basis (Gaussian or sine/Bessel, gfmkit.models.radial) with a cosine or
+polynomial cutoff.
 
 Implementation notes (measured on CPU, see benchmarks/README.md): the per-edge work is memory-bound,
 so the message block forms as few edge-sized tensors as it can. Filters come per layer and per term
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gfmkit.models.radial import cosine_cutoff, radial_basis
+from gfmkit.models.radial import cutoff_function, radial_basis
 from gfmkit.models.vector_message import vector_message
 
 
@@ -36,11 +37,12 @@ class PaiNNEncoder(nn.Module):
     """Scalar features ``s`` (N, F) and vector features ``v`` (N, 3, F) of every atom."""
 
     def __init__(self, hidden: int = 128, layers: int = 3, n_rbf: int = 20, cutoff: float = 5.0, max_z: int = 100,
-                 conditioning: bool = False, basis: str = "bessel"):
+                 conditioning: bool = False, basis: str = "bessel", cutoff_fn: str = "cosine"):
         super().__init__()
         self.hidden, self.layers, self.cutoff = hidden, layers, float(cutoff)
         self.embedding = nn.Embedding(max_z + 1, hidden)
         self.basis = radial_basis(basis, n_rbf, cutoff)
+        self.cutoff_fn = cutoff_function(cutoff_fn)
         self.filters = nn.Linear(n_rbf, layers * 3 * hidden)
         self.message = nn.ModuleList(mlp(hidden, hidden, 3 * hidden) for _ in range(layers))
         # U and V of the update block in one matmul: (F -> 2F), split afterwards
@@ -77,7 +79,7 @@ class PaiNNEncoder(nn.Module):
         # small weight instead of the (E, layers * 3F) output keeps the backward free of full-size
         # concatenations. The cutoff multiplies after the filter's bias, so every message fades smoothly
         # to zero at the cutoff: (W b + c) fc = [b fc, fc] [W; c], a matmul with no extra product.
-        fc = cosine_cutoff(distance, self.cutoff)[:, None]
+        fc = self.cutoff_fn(distance, self.cutoff)[:, None]
         basis = torch.cat([self.basis(distance) * fc, fc], dim=1)
         weight = torch.cat([self.filters.weight, self.filters.bias[:, None]], dim=1)
         if not torch.is_autocast_enabled():

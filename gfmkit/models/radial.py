@@ -1,11 +1,16 @@
-"""Radial pieces of PaiNN: the radial bases a model can be built with, and a smooth cosine cutoff.
+"""Radial pieces of PaiNN: the radial bases a model can be built with, and the smooth cutoffs.
 
 ``ModelConfig.radial_basis`` picks the basis: ``"gaussian"`` (Gaussians on an even grid from 0 to the
 cutoff, each as wide as the grid spacing) or ``"bessel"`` (sin(n pi d / rc) / d, PaiNN's original
 basis, and the only one of gfmkit before the option existed: checkpoints whose config lacks the key
 load with it). benchmarks/accuracy.py measured the choice of default (see the README's model section).
 
-Every basis takes and returns the distance's dtype, which gfmkit keeps at float32 or float64 under every
+``ModelConfig.cutoff_fn`` picks the cutoff that multiplies every filter: ``"cosine"`` (PaiNN's, and
+gfmkit's only one before the option: checkpoints whose config lacks the key load with it) or
+``"polynomial"`` (DimeNet's polynomial envelope with p = 6, value and first two derivatives vanishing
+at the cutoff).
+
+Every basis and cutoff takes and returns the distance's dtype, which gfmkit keeps at float32 or float64 under every
 precision policy (no parameters or buffers here that a ``model.to(bfloat16)`` could round).
 """
 
@@ -17,12 +22,31 @@ import torch
 from torch import nn
 
 RADIAL_BASES = ("gaussian", "bessel")
+CUTOFF_FNS = ("cosine", "polynomial")
 
 
 def cosine_cutoff(distance: torch.Tensor, cutoff: float) -> torch.Tensor:
     """0.5 (cos(pi d / rc) + 1) inside the cutoff, 0 outside: value and slope vanish at rc."""
     inside = distance < cutoff
     return torch.where(inside, 0.5 * (torch.cos(distance * (math.pi / cutoff)) + 1.0), torch.zeros_like(distance))
+
+
+def polynomial_cutoff(distance: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """DimeNet's envelope (Gasteiger et al. 2020) with p = 6: 1 - 28 x^6 + 48 x^7 - 21 x^8 for x = d / rc
+    < 1, 0 outside. Value, slope and curvature vanish at rc; flatter than the cosine at short range."""
+    x = distance * (1.0 / cutoff)
+    x6 = (x * x * x) ** 2
+    inside = distance < cutoff
+    return torch.where(inside, 1.0 + x6 * (-28.0 + x * (48.0 - 21.0 * x)), torch.zeros_like(distance))
+
+
+def cutoff_function(kind: str):
+    """The cutoff ``kind`` (one of :data:`CUTOFF_FNS`): a function of (distance, cutoff)."""
+    if kind == "cosine":
+        return cosine_cutoff
+    if kind == "polynomial":
+        return polynomial_cutoff
+    raise ValueError(f"unknown cutoff function {kind!r}; choose from {', '.join(CUTOFF_FNS)}")
 
 
 class SineBasis(nn.Module):
