@@ -14,10 +14,15 @@ from gfmkit.data.edge_batches import ChunkBatches
 from gfmkit.data.prefetch import (
     fork_available,
     pack_batch,
+    pack_chunk_batch,
     process_prefetch,
     thread_prefetch,
     unpack_batch,
+    unpack_chunk_batch,
 )
+
+#: items that are plain numbers: a header without arrays
+AS_INT = (lambda i: ({"i": i}, []), lambda header, arrays: header["i"])
 from gfmkit.data.random_source import parse_random_spec
 
 needs_fork = pytest.mark.skipif(not fork_available(), reason="the prefetch process needs fork (Linux)")
@@ -39,7 +44,7 @@ def chunk_batches():
 
 def test_a_packed_batch_unpacks_to_the_same_batch():
     for _, batch, _ in chunk_batches().each_batch():
-        again = unpack_batch(pack_batch(batch))
+        again = unpack_batch(*pack_batch(batch))
         assert_same_batch(again, batch)
         assert again.get_example(0).num_nodes == batch.get_example(0).num_nodes
 
@@ -51,8 +56,7 @@ def test_prefetched_batches_are_the_batches_in_order(stage):
     plain = list(dataset.each_batch())
     assert len(plain) > 3  # several batches per chunk, so the stage really runs ahead
     if stage == "process":
-        ahead = process_prefetch(dataset.each_batch, depth=2, pack=lambda i: (i[0], pack_batch(i[1]), i[2]),
-                                 unpack=lambda i: (i[0], unpack_batch(i[1]), i[2]))
+        ahead = process_prefetch(dataset.each_batch, pack_chunk_batch, unpack_chunk_batch, depth=2)
     else:
         ahead = thread_prefetch(dataset.each_batch(), depth=2)
     got = list(ahead)
@@ -68,20 +72,24 @@ def failing_items(at, error):
         yield i
 
 
-class Unpicklable(Exception):
-    def __reduce__(self):
-        raise TypeError("no pickling")
+class Unknown(Exception):
+    """An exception type the parent does not rebuild (neither builtin nor gfmkit's)."""
 
 
 @needs_fork
 def test_a_failure_in_the_process_is_raised_here_after_the_items_before_it():
     got = []
     with pytest.raises(ValueError, match="structure 4 is broken"):
-        for item in process_prefetch(lambda: failing_items(4, ValueError("structure 4 is broken"))):
+        for item in process_prefetch(lambda: failing_items(4, ValueError("structure 4 is broken")), *AS_INT):
             got.append(item)
     assert got == [0, 1, 2, 3]
-    with pytest.raises(RuntimeError, match="Unpicklable: kept its message"):  # its traceback, as text
-        list(process_prefetch(lambda: failing_items(2, Unpicklable("kept its message"))))
+    with pytest.raises(RuntimeError, match="Unknown: kept its message") as raised:  # named, with its traceback
+        list(process_prefetch(lambda: failing_items(2, Unknown("kept its message")), *AS_INT))
+    assert "failing_items" in str(raised.value)  # the child's traceback
+    from gfmkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bad spec"):  # gfmkit's own exceptions keep their type
+        list(process_prefetch(lambda: failing_items(0, ConfigError("bad spec")), *AS_INT))
 
 
 def killed_at(at):
@@ -96,7 +104,7 @@ def test_a_killed_process_is_an_error_not_a_hang():
     started = time.monotonic()
     got = []
     with pytest.raises(RuntimeError, match="ended without finishing"):
-        for item in process_prefetch(lambda: killed_at(3), depth=1):
+        for item in process_prefetch(lambda: killed_at(3), *AS_INT, depth=1):
             got.append(item)
     assert got == [0, 1, 2] and time.monotonic() - started < 30
 
@@ -112,7 +120,7 @@ def endless():
 def test_leaving_the_loop_early_stops_the_process():
     import multiprocessing
 
-    stream = process_prefetch(endless, depth=2)
+    stream = process_prefetch(endless, *AS_INT, depth=2)
     assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
     stream.close()
     assert not [p for p in multiprocessing.active_children() if p.name == "gfmkit-prefetch"]
@@ -128,7 +136,7 @@ def test_the_process_stops_when_its_consumer_is_killed(tmp_path):
         "import os, sys\n"
         "from gfmkit.data.prefetch import process_prefetch\n"
         "def endless():\n    i = 0\n    while True:\n        yield i\n        i += 1\n"
-        "stream = process_prefetch(endless, depth=2)\n"
+        "stream = process_prefetch(endless, lambda i: ({'i': i}, []), lambda h, a: h['i'], depth=2)\n"
         "next(stream)\n"
         "import multiprocessing\n"
         "print([p.pid for p in multiprocessing.active_children()][0], flush=True)\n"

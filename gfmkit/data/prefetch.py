@@ -23,9 +23,9 @@ exception of the producer in the consumer, at the item where it happened.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
-import pickle
 import queue
 import sys
 import threading
@@ -82,17 +82,21 @@ def fork_available() -> bool:
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
-def process_prefetch(make_items: Callable[[], Iterable[Any]], depth: int = 4,
-                     pack: Callable[[Any], Any] = lambda item: item,
-                     unpack: Callable[[Any], Any] = lambda item: item) -> Iterator[Any]:
+#: What crosses the pipe for one item: a JSON-able header and numpy arrays (no pickle: gfmkit unpickles nothing).
+Packed = tuple[dict[str, Any], list[np.ndarray]]
+
+
+def process_prefetch(make_items: Callable[[], Iterable[Any]], pack: Callable[[Any], Packed],
+                     unpack: Callable[[dict[str, Any], list[np.ndarray]], Any], depth: int = 4) -> Iterator[Any]:
     """The items of ``make_items()``, produced by a forked child process at most ``depth`` ahead.
 
-    ``pack`` turns an item into what crosses the pipe (in the child), ``unpack`` back (here). The child
-    runs with one torch thread and writes each pickled item from its only thread (a queue's feeder
-    thread would wait for the GIL between pipe writes: 1.3 ms per batch measured) into a pipe widened
-    to hold a batch. An exception in the child is raised here (its own type where it pickles, else a
-    RuntimeError with its traceback); a child that dies without one (killed) is a RuntimeError, never a
-    hang. Leaving the loop early stops the child.
+    ``pack`` turns an item into a JSON-able header and numpy arrays (in the child), ``unpack`` back
+    (here). The child runs with one torch thread and writes each item from its only thread (a queue's
+    feeder thread would wait for the GIL between pipe writes: 1.3 ms per batch measured) into a pipe
+    widened to hold a batch: a JSON header, then the arrays' bytes in one message. An exception in the
+    child is raised here: as its own type where that is a builtin or a gfmkit exception, else as a
+    RuntimeError naming it, with its traceback. A child that dies without one (killed) is a
+    RuntimeError, never a hang. Leaving the loop early stops the child.
     """
     context = multiprocessing.get_context("fork")
     reader, writer = context.Pipe(duplex=False)
@@ -103,22 +107,24 @@ def process_prefetch(make_items: Callable[[], Iterable[Any]], depth: int = 4,
                             daemon=True)
     child.start()
     writer.close()
+    ended = "the prefetch process ended without finishing (exit code {})"
     try:
         while True:
             if not reader.poll(POLL_S):
                 if not child.is_alive() and not reader.poll(0):
-                    raise RuntimeError(f"the prefetch process ended without finishing (exit code {child.exitcode})")
+                    raise RuntimeError(ended.format(child.exitcode))
                 continue
             try:
-                kind, payload = pickle.loads(reader.recv_bytes())
+                meta = json.loads(reader.recv_bytes())
+                arrays = _receive_arrays(reader, meta["arrays"])
             except EOFError:
-                raise RuntimeError(f"the prefetch process ended without finishing (exit code {child.exitcode})") from None
+                raise RuntimeError(ended.format(child.exitcode)) from None
             credit.release()
-            if kind == "error":
-                raise payload
-            if kind == "done":
+            if meta["kind"] == "error":
+                raise _rebuilt(meta["header"])
+            if meta["kind"] == "done":
                 return
-            yield unpack(payload)
+            yield unpack(meta["header"], arrays)
     finally:
         stop.set()
         reader.close()  # a child blocked writing gets a broken pipe
@@ -136,52 +142,103 @@ def _widen(connection: Any, size: int = 1 << 20) -> None:
         fcntl.fcntl(connection.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
 
 
-def _produce(make_items: Callable[[], Iterable[Any]], pack: Callable[[Any], Any], writer: Any, credit: Any,
+def _layout(shapes: list[tuple[str, list[int]]]) -> tuple[list[int], int]:
+    """Byte offsets of arrays of these (dtype, shape) laid end to end, each at a multiple of 8; total size."""
+    offsets, end = [], 0
+    for dtype, shape in shapes:
+        offsets.append(end)
+        end += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // 8) * 8
+    return offsets, end
+
+
+def _joined(arrays: list[np.ndarray]) -> bytearray:
+    """The arrays' bytes at the offsets of :func:`_layout`, in one buffer."""
+    offsets, size = _layout([(str(a.dtype), list(a.shape)) for a in arrays])
+    buffer = bytearray(size)
+    view = np.frombuffer(buffer, dtype=np.uint8)
+    for offset, array in zip(offsets, arrays):
+        raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        view[offset:offset + raw.size] = raw
+    return buffer
+
+
+def _receive_arrays(reader: Any, shapes: list[tuple[str, list[int]]]) -> list[np.ndarray]:
+    offsets, size = _layout(shapes)
+    buffer = bytearray(max(size, 1))
+    reader.recv_bytes_into(buffer)
+    return [np.frombuffer(buffer, dtype=np.dtype(dtype), count=int(np.prod(shape, dtype=np.int64)),
+                          offset=offset).reshape(shape) for (dtype, shape), offset in zip(shapes, offsets)]
+
+
+def _produce(make_items: Callable[[], Iterable[Any]], pack: Callable[[Any], Packed], writer: Any, credit: Any,
              stop: Any) -> None:
     torch.set_num_threads(1)
     parent = os.getppid()
 
-    def send(kind: str, payload: Any) -> bool:
+    def send(kind: str, header: Any = None, arrays: list[np.ndarray] = ()) -> bool:
         while not credit.acquire(timeout=POLL_S):
             if stop.is_set() or os.getppid() != parent:  # the consumer left, or died (killed)
                 return False
-        writer.send_bytes(pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL))
+        meta = json.dumps({"kind": kind, "header": header, "arrays": [(str(a.dtype), list(a.shape)) for a in arrays]})
+        payload = _joined(list(arrays))  # before anything is sent: a failure here leaves no half-sent item
+        writer.send_bytes(meta.encode())
+        writer.send_bytes(payload)
         return not stop.is_set()
 
     try:
         for item in make_items():
-            if not send("item", pack(item)):
+            if not send("item", *pack(item)):
                 return
-        send("done", None)
+        send("done")
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, unless it has left
         if not stop.is_set():
             with contextlib.suppress(OSError):
-                send("error", _portable(exc))
+                send("error", {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc),
+                               "traceback": "".join(traceback.format_exception(exc)).rstrip()})
 
 
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` itself where it survives pickling, else a RuntimeError carrying its traceback."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001 - any failure to pickle
-        return RuntimeError("".join(traceback.format_exception(exc)).rstrip())
+def _rebuilt(error: dict[str, str]) -> Exception:
+    """The child's exception: its own type where that is a builtin or gfmkit's, else a RuntimeError."""
+    import builtins
+
+    module, _, name = error["type"].rpartition(".")
+    kind = (getattr(builtins, name, None) if module == "builtins"
+            else getattr(sys.modules.get(module), name, None) if module.split(".")[0] == "gfmkit" else None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        with contextlib.suppress(Exception):
+            return kind(error["message"])
+    return RuntimeError(f"{name}: {error['message']} (in the prefetch process)\n{error['traceback']}")
 
 
-def pack_batch(batch: Batch) -> dict[str, Any]:
-    """A PyG ``Batch`` (as :func:`gfmkit.data.graphs.collate` makes it) as plain numpy arrays and ints."""
-    return {"fields": {key: value.numpy() for key, value in batch},
-            "slices": {key: value.numpy() for key, value in batch._slice_dict.items()},
-            "incs": {key: value.numpy() for key, value in batch._inc_dict.items()},
-            "graphs": batch.num_graphs}
+def pack_batch(batch: Batch) -> Packed:
+    """A PyG ``Batch`` (as :func:`gfmkit.data.graphs.collate` makes it) as a header and numpy arrays."""
+    fields = [key for key, _ in batch]
+    header = {"fields": fields, "slices": list(batch._slice_dict), "incs": list(batch._inc_dict),
+              "graphs": int(batch.num_graphs)}
+    arrays = ([batch[key].numpy() for key in fields] + [v.numpy() for v in batch._slice_dict.values()]
+              + [v.numpy() for v in batch._inc_dict.values()])
+    return header, arrays
 
 
-def unpack_batch(packed: dict[str, Any]) -> Batch:
-    """The ``Batch`` :func:`pack_batch` packed (the arrays become its tensors, no copy)."""
+def unpack_batch(header: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
+    """The ``Batch`` :func:`pack_batch` packed (its tensors share the arrays' memory)."""
     out = Batch(_base_cls=Data)
-    for key, value in packed["fields"].items():
-        out[key] = torch.from_numpy(value)
-    out._num_graphs = packed["graphs"]
-    out._slice_dict = {key: torch.from_numpy(np.asarray(v)) for key, v in packed["slices"].items()}
-    out._inc_dict = {key: torch.from_numpy(np.asarray(v)) for key, v in packed["incs"].items()}
+    values = iter(arrays)
+    for key in header["fields"]:
+        out[key] = torch.from_numpy(next(values))
+    out._num_graphs = header["graphs"]
+    out._slice_dict = {key: torch.from_numpy(next(values)) for key in header["slices"]}
+    out._inc_dict = {key: torch.from_numpy(next(values)) for key in header["incs"]}
     return out
+
+
+def pack_chunk_batch(item: tuple[int, Batch, bool]) -> Packed:
+    """A ``(chunk, batch, last)`` item of :meth:`gfmkit.data.edge_batches.ChunkBatches.each_batch`, packed."""
+    chunk, batch, last = item
+    header, arrays = pack_batch(batch)
+    return {**header, "chunk": int(chunk), "last": bool(last)}, arrays
+
+
+def unpack_chunk_batch(header: dict[str, Any], arrays: list[np.ndarray]) -> tuple[int, Batch, bool]:
+    """The ``(chunk, batch, last)`` item :func:`pack_chunk_batch` packed."""
+    return header["chunk"], unpack_batch(header, arrays), header["last"]

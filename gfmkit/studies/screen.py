@@ -46,10 +46,10 @@ from gfmkit.data import results_store as rs
 from gfmkit.data.edge_batches import ChunkBatches, chunk_loader
 from gfmkit.data.prefetch import (
     fork_available,
-    pack_batch,
+    pack_chunk_batch,
     process_prefetch,
     thread_prefetch,
-    unpack_batch,
+    unpack_chunk_batch,
 )
 from gfmkit.data.screen_source import open_source
 from gfmkit.files import atomic_write_text
@@ -336,8 +336,7 @@ def _run_chunks(model, src, chunks, work, settings, loading, device, show) -> di
 def batch_stream(dataset: ChunkBatches, prefetch: str) -> Iterator[tuple[int, Any, bool]]:
     """``dataset.each_batch()``, built ahead by a process or a thread (``prefetch``) or as asked for ("off")."""
     if prefetch == "process":
-        return process_prefetch(dataset.each_batch, depth=4, pack=lambda item: (item[0], pack_batch(item[1]), item[2]),
-                                unpack=lambda item: (item[0], unpack_batch(item[1]), item[2]))
+        return process_prefetch(dataset.each_batch, pack_chunk_batch, unpack_chunk_batch, depth=4)
     return thread_prefetch(dataset.each_batch(), depth=4) if prefetch == "thread" else dataset.each_batch()
 
 
