@@ -67,14 +67,15 @@ HIDDEN, LAYERS, N_RBF, CUTOFF, HEAD_HIDDEN = 64, 3, 20, 5.0, 32
 BATCH, LR, GRAD_CLIP, EMA_DECAY = 16, 1e-3, 10.0, 0.99
 #: name -> (demo dataset, scale): 200 structures each
 DATASETS = {"alloys": ("bulk", 0.1), "molecules": ("molecules", 0.4)}
-#: gfmkit model variants: name -> ModelConfig overrides ("default": the current defaults)
+#: gfmkit model variants: name -> ModelConfig overrides ("default": the current defaults; results files
+#: from before 2026-11-30 20:00 labelled "default" are "gaussian-xavier", the default then)
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "legacy": {"radial_basis": "bessel", "init": "torch"},  # gfmkit before issue #15
+    "legacy": {"radial_basis": "bessel", "init": "torch", "cutoff_fn": "cosine"},  # gfmkit before issue #15
     "bessel-xavier": {"radial_basis": "bessel", "init": "xavier"},
     "gaussian-torch": {"radial_basis": "gaussian", "init": "torch"},
     "gaussian-xavier": {"radial_basis": "gaussian", "init": "xavier"},
-    "polynomial-cutoff": {"cutoff_fn": "polynomial"},  # DimeNet's p = 6 envelope instead of the cosine
+    "polynomial-cutoff": {"cutoff_fn": "polynomial", "init": "xavier"},  # DimeNet's p = 6 envelope, not the cosine
     "zero-head": {"init": "xavier-zero-head"},  # each head MLP's last layer starts at zero
     # the defaults, started from schnetpack's initial weights of the same seed (copy_schnetpack_into_gfmkit):
     # the runs differ from schnetpack's only by floating-point rounding, which isolates the weight draw

@@ -46,15 +46,6 @@ class TestPaiNNPolynomialCutoff(ModelTests):
         return randomised(MultiHeadPaiNN(config, HEADS)).to(dtype)
 
 
-class TestPaiNNZeroHead(ModelTests):
-    """Each head MLP's last layer initialised to zero (``init="xavier-zero-head"``); randomised afterwards,
-    as every variant here, so the checks see non-trivial outputs."""
-
-    def make_model(self, dtype):
-        config = ModelConfig(hidden=16, layers=2, n_rbf=8, cutoff=CUTOFF, head_hidden=8, init="xavier-zero-head")
-        return randomised(MultiHeadPaiNN(config, HEADS)).to(dtype)
-
-
 class TestPaiNNConditioned(ModelTests):
     def make_model(self, dtype):
         config = ModelConfig(hidden=16, layers=3, n_rbf=6, cutoff=CUTOFF, head_hidden=8, conditioning=True)

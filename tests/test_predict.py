@@ -9,7 +9,7 @@ from model_checks import ModelTests, a_molecule, alloy_cell, batch_of, small_tri
 
 from gfmkit.models import HeadConfig, ModelConfig, MultiHeadPaiNN
 
-SMALL = ModelConfig(hidden=16, layers=2, n_rbf=8, cutoff=4.0, head_hidden=8)
+SMALL = ModelConfig(hidden=16, layers=2, n_rbf=8, cutoff=4.0, head_hidden=8, init="xavier")  # heads not all 0
 REFERENCES = {"Cu": -3.5, "Au": -3.1, "C": -7.0, "H": -1.1, "O": -4.6}
 
 

@@ -63,7 +63,7 @@ def test_bessel_basis_is_sine_over_distance_and_the_factory_names_both():
 
 def test_model_options_are_recorded_validated_and_change_the_model():
     config = ModelConfig()
-    assert (config.radial_basis, config.init) == ("gaussian", "xavier")  # the measured defaults
+    assert (config.radial_basis, config.init, config.cutoff_fn) == ("gaussian", "xavier", "cosine")  # measured
     with pytest.raises(ConfigError, match="radial_basis"):
         load_config(ModelConfig, {"radial_basis": "sine"})
     heads = [HeadConfig("a")]
@@ -125,7 +125,8 @@ def test_checkpoint_from_before_the_options_loads_and_predicts_exactly_as_before
 
 def test_new_checkpoints_keep_their_basis_through_the_migration(tmp_path):
     torch.manual_seed(1)
-    model = MultiHeadPaiNN(ModelConfig(hidden=8, layers=1, n_rbf=4, cutoff=4.0, head_hidden=4), [HeadConfig("a")]).double()
+    model = MultiHeadPaiNN(ModelConfig(hidden=8, layers=1, n_rbf=4, cutoff=4.0, head_hidden=4, init="xavier"),
+                           [HeadConfig("a")]).double()  # init: heads whose outputs are not all 0
     path = save_checkpoint(model, tmp_path / "new.pt")
     assert read_checkpoint(path)["config"]["radial_basis"] == "gaussian"
     batch = batch_of(alloy_cell(2))
@@ -165,7 +166,7 @@ def test_cutoff_option_is_recorded_and_changes_the_model(tmp_path):
     models = {}
     for kind in ("cosine", "polynomial"):
         torch.manual_seed(0)
-        models[kind] = MultiHeadPaiNN(ModelConfig(**small, cutoff_fn=kind), heads).double()
+        models[kind] = MultiHeadPaiNN(ModelConfig(**small, cutoff_fn=kind, init="xavier"), heads).double()
     batch = batch_of(alloy_cell(0))
     assert not torch.allclose(models["cosine"](batch, forces=False)["energy"], models["polynomial"](batch, forces=False)["energy"])
     path = save_checkpoint(models["polynomial"], tmp_path / "poly.pt")
@@ -177,7 +178,8 @@ def test_cutoff_option_is_recorded_and_changes_the_model(tmp_path):
 
 def test_schema_2_checkpoint_without_the_cutoff_key_loads_with_the_cosine_cutoff(tmp_path):
     torch.manual_seed(2)
-    model = MultiHeadPaiNN(ModelConfig(hidden=8, layers=2, n_rbf=4, cutoff=4.0, head_hidden=4), [HeadConfig("a")]).double()
+    model = MultiHeadPaiNN(ModelConfig(hidden=8, layers=2, n_rbf=4, cutoff=4.0, head_hidden=4, init="xavier"),
+                           [HeadConfig("a")]).double()  # init: heads whose outputs are not all 0
     data = torch.load(save_checkpoint(model, tmp_path / "new.pt"), weights_only=True)
     config = {k: v for k, v in data["config"].items() if k != "cutoff_fn"}
     torch.save({**data, "config": config, "schema_version": 2}, tmp_path / "old.pt")

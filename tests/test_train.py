@@ -198,7 +198,7 @@ def test_loss_of_rank_slices_adds_up_to_the_whole_batch(demo_stores):
     from gfmkit.train.loss import HeadTable, combine, loss_parts
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**TINY_MODEL), demo_stores).double()
+    model = build_model(ModelConfig(**TINY_MODEL, init="xavier"), demo_stores).double()  # heads not all 0
     data = GraphDataset(demo_stores, 4.0, split="train")
     picks = [k for h in range(len(model.heads)) for k in [i for i in range(len(data)) if data.head[i] == h][:2]]
     graphs = [data[k] for k in picks[::-1]]  # every head twice, mixed sizes
@@ -236,7 +236,7 @@ def test_a_structure_trains_only_its_own_head(demo_stores):
     from gfmkit.train.loss import HeadTable, combine, loss_parts
 
     torch.manual_seed(1)
-    model = build_model(ModelConfig(**TINY_MODEL), demo_stores).double()
+    model = build_model(ModelConfig(**TINY_MODEL, init="xavier"), demo_stores).double()  # heads not all 0
     data = GraphDataset(demo_stores, 4.0, split="train")
     bulk = model.head_index("bulk")
     batch = collate([data[k] for k in range(len(data)) if data.head[k] == bulk][:3])
