@@ -211,24 +211,27 @@ def _rebuilt(error: dict[str, str]) -> Exception:
 
 
 def pack_batch(batch: Batch) -> Packed:
-    """A PyG ``Batch`` (as :func:`gfmkit.data.graphs.collate` makes it) as a header and numpy arrays."""
+    """A PyG ``Batch`` (as :func:`gfmkit.data.graphs.collate` makes it) as a header and numpy arrays: its
+    fields, then its slice and increment bookkeeping, each joined into one array (fewer, larger pieces)."""
     fields = [key for key, _ in batch]
-    header = {"fields": fields, "slices": list(batch._slice_dict), "incs": list(batch._inc_dict),
-              "graphs": int(batch.num_graphs)}
-    arrays = ([batch[key].numpy() for key in fields] + [v.numpy() for v in batch._slice_dict.values()]
-              + [v.numpy() for v in batch._inc_dict.values()])
+    books = {name: getattr(batch, name) for name in ("_slice_dict", "_inc_dict")}
+    header = {"fields": fields, "graphs": int(batch.num_graphs),
+              **{name: [[key, int(value.numel())] for key, value in book.items()] for name, book in books.items()}}
+    arrays = [batch[key].numpy() for key in fields] + [
+        np.concatenate([value.reshape(-1).numpy() for value in book.values()]) if book else np.zeros(0, np.int64)
+        for book in books.values()]
     return header, arrays
 
 
 def unpack_batch(header: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
     """The ``Batch`` :func:`pack_batch` packed (its tensors share the arrays' memory)."""
     out = Batch(_base_cls=Data)
-    values = iter(arrays)
-    for key in header["fields"]:
-        out[key] = torch.from_numpy(next(values))
+    for key, value in zip(header["fields"], arrays):
+        out[key] = torch.from_numpy(value)
     out._num_graphs = header["graphs"]
-    out._slice_dict = {key: torch.from_numpy(next(values)) for key in header["slices"]}
-    out._inc_dict = {key: torch.from_numpy(next(values)) for key in header["incs"]}
+    for name, joined in zip(("_slice_dict", "_inc_dict"), arrays[len(header["fields"]):]):
+        pieces = torch.from_numpy(joined).split([size for _, size in header[name]])
+        setattr(out, name, {key: piece for (key, _), piece in zip(header[name], pieces)})
     return out
 
 
