@@ -76,7 +76,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gaussian-torch": {"radial_basis": "gaussian", "init": "torch"},
     "gaussian-xavier": {"radial_basis": "gaussian", "init": "xavier"},
     "polynomial-cutoff": {"cutoff_fn": "polynomial", "init": "xavier"},  # DimeNet's p = 6 envelope, not the cosine
-    "zero-head": {"init": "xavier-zero-head"},  # each head MLP's last layer starts at zero
+    "zero-head": {"head_init_scale": 0.0},  # each head MLP's last layer starts at zero
+    "small-head": {"head_init_scale": 0.1},  # each head MLP's last layer starts at a tenth of Xavier's
     # the defaults, started from schnetpack's initial weights of the same seed (copy_schnetpack_into_gfmkit):
     # the runs differ from schnetpack's only by floating-point rounding, which isolates the weight draw
     "schnetpack-weights": {},

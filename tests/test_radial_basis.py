@@ -194,20 +194,25 @@ def test_schema_2_checkpoint_without_the_cutoff_key_loads_with_the_cosine_cutoff
     assert load_model(tmp_path / "named.pt").config.cutoff_fn == "polynomial"
 
 
-def test_zero_head_initialisation_predicts_the_fitted_baseline():
+@pytest.mark.parametrize("scale", [0.0, 0.1])
+def test_a_scaled_head_initialisation_scales_only_the_last_layer(scale):
     heads = [HeadConfig("a", reference_energies={"H": -1.1, "C": -1.5, "O": -2.0, "Cu": -0.3, "Au": -0.2}, scale=0.7,
                         shift=0.1),
              HeadConfig("b", reference_energies={"Cu": -0.5, "Au": -0.4}, scale=1.3, shift=-0.2)]
     small = {"hidden": 8, "layers": 2, "n_rbf": 4, "cutoff": 4.0, "head_hidden": 4}
     torch.manual_seed(0)
-    zero = MultiHeadPaiNN(ModelConfig(**small, init="xavier-zero-head"), heads).double()
+    zero = MultiHeadPaiNN(ModelConfig(**small, head_init_scale=scale), heads)
     torch.manual_seed(0)
-    xavier = MultiHeadPaiNN(ModelConfig(**small, init="xavier"), heads).double()
-    assert not zero.readout.w2.any() and not zero.readout.b2.any()
-    # the same draws as "xavier" everywhere else
+    xavier = MultiHeadPaiNN(ModelConfig(**small, init="xavier"), heads)
+    # the same draws as scale 1 everywhere, the last layer scaled
     for (name, a), (_, b) in zip(zero.named_parameters(), xavier.named_parameters()):
-        if name not in ("readout.w2", "readout.b2"):
-            assert torch.equal(a, b), name
+        assert torch.equal(a, b * scale if name in ("readout.w2", "readout.b2") else b), name
+    assert xavier.readout.w2.any()
+    if scale:
+        return
+    zero = zero.double()
+    with pytest.raises(ConfigError, match="head_init_scale"):
+        load_config(ModelConfig, {"head_init_scale": -1})
     molecule, cell = a_molecule(), alloy_cell(0)
     out = zero(batch_of(molecule, cell, heads=[0, 1]), forces=True, stress=True)
     baseline = [sum(heads[0].reference_energies[s] for s in molecule.get_chemical_symbols()) + 0.1 * len(molecule),

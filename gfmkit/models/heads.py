@@ -99,12 +99,12 @@ class StackedHeads(nn.Module):
             HeadBlock.xavier_(block)
 
     @torch.no_grad()
-    def zero_last_(self) -> None:
-        """Zero weights and bias of every head MLP's last layer: per-atom outputs start at exactly 0, so the
-        heads predict their fitted references and shift (``ModelConfig.init = "xavier-zero-head"``)."""
+    def scale_last_(self, factor: float) -> None:
+        """Scale weights and bias of every head MLP's last layer by ``factor`` (``ModelConfig.head_init_scale``;
+        0: per-atom outputs start at exactly 0, so the heads predict their fitted references and shift)."""
         for block in self.blocks():
-            block.w2.zero_()
-            block.b2.zero_()
+            block.w2.mul_(factor)
+            block.b2.mul_(factor)
 
     def head(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views of the (w1, b1, w2, b2) of head ``k`` (model order), whichever block holds it."""

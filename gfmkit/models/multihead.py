@@ -47,8 +47,8 @@ class MultiHeadPaiNN(nn.Module):
             self.readout.xavier_()
             if self.direct is not None:
                 nn.init.xavier_uniform_(self.direct.weight)
-            if config.init == "xavier-zero-head":  # the draws of "xavier", then each head's last layer zeroed
-                self.readout.zero_last_()
+        if config.head_init_scale != 1.0:  # after the draws, so the other weights are those of scale 1
+            self.readout.scale_last_(config.head_init_scale)
         self.load_head_statistics()
 
     @property
