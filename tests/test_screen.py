@@ -296,6 +296,8 @@ def test_auto_prefetch_only_for_a_rank_with_two_cores_or_more(monkeypatch):
     best = "process" if fork_available() else "thread"
     assert prefetch_mode("auto", 0, 2) == best and prefetch_mode(True, 0, 1) == best
     assert prefetch_mode("auto", 0, 1.5) == "off" and prefetch_mode("auto", 2, 8) == "off"  # workers build ahead
+    # with forces the model pass is longer: on two cores it keeps both, from three the process pays
+    assert prefetch_mode("auto", 0, 2, "weighted") == "off" and prefetch_mode("auto", 0, 3, "each") == best
     assert prefetch_mode(False, 0, 8) == "off" and prefetch_mode("thread", 0, 1) == "thread"
     with pytest.raises(ConfigError, match="prefetch"):
         screen("unused.pt", SPEC, "unused.bp", prefetch="sometimes")

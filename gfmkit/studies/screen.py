@@ -139,7 +139,7 @@ def screen(
     remaining = [c for c in range(n_chunks) if c not in set(done)]
     mine = remaining[len(remaining) * comm.rank // comm.size: len(remaining) * (comm.rank + 1) // comm.size]
     cores = rank_cores(comm)
-    prefetch = prefetch_mode(prefetch, workers, cores)
+    prefetch = prefetch_mode(prefetch, workers, cores, forces)
     # a prefetch process takes a core of its own and the model keeps the others: torch's OpenMP threads
     # spin, so one on the process's core slowed both (2 cores: 335 against 502 structures/s)
     threads = min(torch.get_num_threads(), max(1, int(cores) - 1)) if prefetch == "process" else torch.get_num_threads()
@@ -160,14 +160,16 @@ def screen(
     return summary_table(summary)
 
 
-def prefetch_mode(prefetch: bool | str, workers: int, cores: float) -> str:
+def prefetch_mode(prefetch: bool | str, workers: int, cores: float, forces: str = "none") -> str:
     """What builds the next batches on a rank with ``cores`` cores of its own (:func:`rank_cores`):
-    "process", "thread" or "off" (see :func:`screen`). "auto" builds ahead where the rank has at least
-    two cores and no DataLoader workers. Measured on 2 cores (docs/screening.md): with one rank a
-    prefetch process and one torch thread screened 1.25x faster than two torch threads without
-    prefetch; with two ranks of one core each a prefetch thread cost 3 %."""
+    "process", "thread" or "off" (see :func:`screen`). "auto" builds ahead where the rank has no
+    DataLoader workers and at least three cores, or two when only energies are computed (the process
+    takes a core from the model). Measured on 2 cores (docs/screening.md): energies only, a prefetch
+    process and one torch thread screened 1.25x faster than two torch threads without prefetch; with
+    weighted forces (a model pass 3x longer) two threads without prefetch were 1.2-1.3x faster than one
+    thread and the process; with two ranks of one core each a prefetch thread cost 3 %."""
     if prefetch == "auto":
-        prefetch = workers == 0 and cores >= 2
+        prefetch = workers == 0 and (cores >= 3 or (cores >= 2 and forces == "none"))
     if prefetch is True:
         return "process" if fork_available() else "thread"
     return "off" if prefetch is False else str(prefetch)
