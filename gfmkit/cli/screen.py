@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--prefetch", nargs="?", choices=("auto", "on", "off", "process", "thread"), const="on",
                         default="auto", help="the next batches are built while the model runs, by a forked process "
                         "or a thread: on (the process where fork is available), process, thread, off, or auto "
-                        "(default: on when this rank has two or more cores to itself)")
+                        "(default: on when this rank has three or more cores to itself, or two with --forces none)")
     parser.add_argument("--save-forces", action="store_true", help="keep per-atom weighted forces")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--top", type=non_negative_int, default=0, metavar="K", help="print the top K rows afterwards")

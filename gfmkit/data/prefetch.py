@@ -11,7 +11,7 @@ exception of the producer in the consumer, at the item where it happened.
 - :func:`process_prefetch`: the producer is a forked child process with an interpreter of its own, so
   the model pass is only slowed by what the two cores share (about 6 % measured). Batches cross as
   plain numpy arrays through a pipe (:func:`pack_batch` / :func:`unpack_batch`: one copy each way,
-  about 1 MB per batch of 20,000 edges), not as torch shared-memory tensors: each tensor storage
+  about 0.55 MB per batch of 20,000 edges), not as torch shared-memory tensors: each tensor storage
   handed over by torch's reductions costs a shared-memory file and a file-descriptor transfer, which
   made a DataLoader worker slower than no prefetch at all. It needs ``fork`` (Linux): the child
   inherits the source and the model-free iterable as they are, nothing is pickled; where fork is not

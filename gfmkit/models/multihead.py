@@ -42,7 +42,7 @@ class MultiHeadPaiNN(nn.Module):
             if len({h.adapted for h in self.heads if h.block == block}) > 1:
                 raise ValueError(f"heads of block {block} must all be adapted or all not")
         self.direct = nn.Linear(config.hidden, len(self.heads), bias=False) if config.direct_forces else None
-        if config.init != "torch":  # after torch's defaults, so "torch" draws the same numbers as before
+        if config.init == "xavier":  # after torch's defaults, so "torch" draws the same numbers as before
             self.encoder.xavier_()
             self.readout.xavier_()
             if self.direct is not None:

@@ -113,8 +113,9 @@ def screen(
     build the next chunks' graphs while the model runs (0: in this process); ``prefetch``: the next
     batches are built while the model runs by a forked process ("process"), a thread ("thread"), the
     better of the two this platform has (True: the process on Linux), not at all (False, "off"), or
-    "auto": as True when this rank has at least two cores of the node to itself and no workers
-    (:func:`prefetch_pays`; measured in benchmarks/screen_speed.py, docs/screening.md). ``save_forces``: keep the
+    "auto": as True when this rank has no workers and at least three cores of the node to itself, or two
+    with ``forces="none"`` (:func:`prefetch_mode`; measured in benchmarks/screen_speed.py,
+    docs/screening.md); a prefetch process leaves the model the rank's other cores. ``save_forces``: keep the
     per-atom weighted forces. Returns the summary (one row per rank and a ``total`` row); the rows are in
     :func:`screen_table`.
     """
