@@ -16,10 +16,12 @@ HEADS = [
 
 
 def randomised(model: MultiHeadPaiNN) -> MultiHeadPaiNN:
-    # Non-zero biases everywhere, so no symmetry test passes by accident of zero initial values.
+    # Non-zero biases everywhere, so no symmetry test passes by accident of zero initial values. The
+    # noise has sd 0.05 in the function's units: the message output layers are stored divided by their gain.
+    gained = {id(p) for block in model.encoder.message for p in block[2].parameters()}
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+            parameter.add_(0.05 * torch.randn_like(parameter) / (model.config.message_gain if id(parameter) in gained else 1.0))
     return model
 
 

@@ -85,9 +85,10 @@ def test_xavier_initialisation_zero_biases_and_fan_bounds():
                            [HeadConfig("a"), HeadConfig("b")])
     linears = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 1 + 3 * 2 * 2 - 2  # filters; per layer message (2), update_uv (1), update (2)
+    gained = {id(block[2]) for block in model.encoder.message}  # stored divided by the message gain
     for layer in linears:
         fan_out, fan_in = layer.weight.shape
-        bound = math.sqrt(6 / (fan_in + fan_out))
+        bound = math.sqrt(6 / (fan_in + fan_out)) / (model.config.message_gain if id(layer) in gained else 1.0)
         assert float(layer.weight.abs().max()) <= bound and float(layer.weight.abs().max()) > 0.8 * bound
         if layer.bias is not None:
             assert not layer.bias.any()
@@ -109,6 +110,7 @@ def test_checkpoint_from_before_the_options_loads_and_predicts_exactly_as_before
     assert model.config.radial_basis == LEGACY["radial_basis"] == "bessel"
     assert model.config.init == LEGACY["init"] == "torch"
     assert model.config.cutoff_fn == LEGACY["cutoff_fn"] == "cosine"
+    assert model.config.message_gain == LEGACY["message_gain"] == 1.0
     assert isinstance(model.encoder.basis, SineBasis)
     out = model(batch_of(alloy_cell(0), a_molecule()), forces=True, stress=True)
     for key, expected in data["predictions"].items():
@@ -219,3 +221,75 @@ def test_a_scaled_head_initialisation_scales_only_the_last_layer(scale):
                 sum(heads[1].reference_energies[s] for s in cell.get_chemical_symbols()) - 0.2 * len(cell)]
     torch.testing.assert_close(out["energy"], torch.tensor(baseline, dtype=torch.float64), rtol=0, atol=1e-12)
     assert not out["forces"].any() and not out["stress"].any()
+
+
+def _message_gain_pair(dtype=torch.float64) -> dict[float, MultiHeadPaiNN]:
+    small = {"hidden": 8, "layers": 2, "n_rbf": 4, "cutoff": 4.0, "head_hidden": 4}
+    models = {}
+    for gain in (1.0, 10.0):
+        torch.manual_seed(3)
+        models[gain] = MultiHeadPaiNN(ModelConfig(**small, message_gain=gain), [HeadConfig("a")]).to(dtype)
+    return models
+
+
+def test_message_gain_keeps_the_fresh_function_and_speeds_up_only_the_message_output_layer():
+    assert ModelConfig().message_gain == 10.0 and LEGACY["message_gain"] == 1.0
+    models = _message_gain_pair()
+    stored = dict(models[10.0].named_parameters())
+    for name, p in models[1.0].named_parameters():  # the same draws; the message output layers divided
+        divided = name.startswith("encoder.message.") and ".2." in name
+        assert torch.equal(stored[name], (p.float() / 10.0).double() if divided else p), name  # drawn in fp32
+    with torch.no_grad():  # undo the fp32 rounding of the division, so the comparisons below are tight
+        for ours, theirs in zip(models[1.0].encoder.message, models[10.0].encoder.message):
+            ours[2].weight.copy_(10.0 * theirs[2].weight)
+            ours[2].bias.copy_(10.0 * theirs[2].bias)
+    batch = batch_of(alloy_cell(1), a_molecule())
+    grads, outs = {}, {}
+    for gain, model in models.items():
+        out = model(batch, forces=True, stress=True, training=True)
+        loss = out["energy"].square().sum() + out["forces"].square().sum()
+        grads[gain] = dict(zip([n for n, _ in model.named_parameters()], torch.autograd.grad(loss, list(model.parameters()))))
+        outs[gain] = out
+    for key in ("energy", "forces", "stress"):  # a fresh model is the same function, up to rounding
+        torch.testing.assert_close(outs[10.0][key], outs[1.0][key], rtol=1e-10, atol=1e-12)
+    assert outs[1.0]["forces"].abs().max() > 1e-3  # messages are not all 0: the check above can fail
+    for name, g in grads[1.0].items():  # the chain rule through the gain: that layer's gradient x 10
+        factor = 10.0 if name.startswith("encoder.message.") and ".2." in name else 1.0
+        torch.testing.assert_close(grads[10.0][name], factor * g, rtol=1e-9, atol=1e-12, msg=name)
+    # one Adam step at the same rate moves the gained layer's effective weights (gain x stored) 10x as far
+    moved = {}
+    for gain, model in models.items():
+        weight = model.encoder.message[0][2].weight
+        before = gain * weight.detach().clone()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for p in model.parameters():
+            p.grad = grads[gain][[n for n, q in model.named_parameters() if q is p][0]]
+        optimizer.step()
+        moved[gain] = gain * weight.detach() - before
+    torch.testing.assert_close(moved[10.0], 10.0 * moved[1.0], rtol=1e-4, atol=1e-9)  # Adam's eps aside
+    for bad in (0, -1, float("inf")):
+        with pytest.raises(ConfigError, match="message_gain"):
+            load_config(ModelConfig, {"message_gain": bad})
+
+
+def test_schema_3_checkpoint_without_the_message_gain_loads_with_gain_1(tmp_path):
+    model = _message_gain_pair()[1.0]
+    with torch.no_grad():
+        for p in model.parameters():  # trained weights: none of them the fresh draw
+            p.add_(0.05 * torch.randn_like(p))
+    data = torch.load(save_checkpoint(model, tmp_path / "new.pt"), weights_only=True)
+    assert data["config"]["message_gain"] == 1.0
+    config = {k: v for k, v in data["config"].items() if k != "message_gain"}
+    torch.save({**data, "config": config, "schema_version": 3}, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert old.config.message_gain == 1.0
+    batch = batch_of(alloy_cell(1), a_molecule())
+    expected, got = model(batch, forces=True, stress=True), old(batch, forces=True, stress=True)
+    for key in ("energy", "forces", "stress"):
+        assert torch.equal(got[key], expected[key]), key
+    # a schema-3 file that names a gain keeps it (and predicts differently with these weights)
+    torch.save({**data, "config": {**config, "message_gain": 10.0}, "schema_version": 3}, tmp_path / "named.pt")
+    named = load_model(tmp_path / "named.pt")
+    assert named.config.message_gain == 10.0
+    assert not torch.allclose(named(batch, forces=False)["energy"], expected["energy"])
+

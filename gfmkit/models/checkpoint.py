@@ -22,7 +22,7 @@ from gfmkit.models.config import LEGACY, HeadConfig, ModelConfig
 from gfmkit.models.multihead import MultiHeadPaiNN
 
 FORMAT = "gfmkit-checkpoint"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class CheckpointError(ValueError):
@@ -155,4 +155,13 @@ def _migrate_2_to_3(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
+def _migrate_3_to_4(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 4 records the message gain; a config without it multiplied the messages by nothing
+    (``LEGACY``: gain 1), so its stored weights predict exactly as before."""
+    data = dict(data)
+    data["config"] = {"message_gain": LEGACY["message_gain"], **data["config"]}
+    data["schema_version"] = 4
+    return data
+
+
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}

@@ -34,6 +34,10 @@ class ModelConfig:
     # cutoff that multiplies every filter: "cosine" (PaiNN's, gfmkit's only one before the option) or
     # "polynomial" (DimeNet's envelope, p = 6); see gfmkit.models.radial. Without the key: LEGACY.
     cutoff_fn: Literal["cosine", "polynomial"] = "cosine"
+    # fixed factor on each message MLP's output, whose last layer is drawn divided by it: a fresh model is
+    # the same function for every value (up to rounding), but under Adam that layer learns message_gain
+    # times faster. benchmarks/accuracy.py measured 10 against 1 (docs/model.md). Without the key: LEGACY.
+    message_gain: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "n_rbf", "max_z", "head_hidden"):
@@ -41,13 +45,15 @@ class ModelConfig:
                 raise ValueError(f"model {name} must be positive, got {getattr(self, name)}")
         if self.cutoff <= 0:
             raise ValueError(f"model cutoff must be positive, got {self.cutoff}")
+        if not self.message_gain > 0 or self.message_gain == float("inf"):
+            raise ValueError(f"model message_gain must be positive and finite, got {self.message_gain}")
         if not self.head_init_scale >= 0:
             raise ValueError(f"model head_init_scale must be >= 0, got {self.head_init_scale}")
 
 
 #: What a stored model config without these keys was built with (the behaviour before the options
 #: existed): checkpoints migrate to them, so an old model loads and predicts exactly as before.
-LEGACY = {"radial_basis": "bessel", "init": "torch", "cutoff_fn": "cosine"}
+LEGACY = {"radial_basis": "bessel", "init": "torch", "cutoff_fn": "cosine", "message_gain": 1.0}
 
 
 @dataclass

@@ -47,6 +47,7 @@ class MultiHeadPaiNN(nn.Module):
             self.readout.xavier_()
             if self.direct is not None:
                 nn.init.xavier_uniform_(self.direct.weight)
+        self.encoder.divide_message_out_()  # after the draws: a fresh model is the same function for every gain
         if config.head_init_scale != 1.0:  # after the draws, so the other weights are those of scale 1
             self.readout.scale_last_(config.head_init_scale)
         self.load_head_statistics()
@@ -118,7 +119,7 @@ class MultiHeadPaiNN(nn.Module):
         """A freshly initialised encoder of this model's architecture."""
         c = self.config
         return PaiNNEncoder(c.hidden, c.layers, c.n_rbf, c.cutoff, c.max_z, c.conditioning, basis=c.radial_basis,
-                            cutoff_fn=c.cutoff_fn)
+                            cutoff_fn=c.cutoff_fn, message_gain=c.message_gain)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``; a state with a head gate (``gate.*``) or LoRA adapters

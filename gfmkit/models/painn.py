@@ -37,9 +37,10 @@ class PaiNNEncoder(nn.Module):
     """Scalar features ``s`` (N, F) and vector features ``v`` (N, 3, F) of every atom."""
 
     def __init__(self, hidden: int = 128, layers: int = 3, n_rbf: int = 20, cutoff: float = 5.0, max_z: int = 100,
-                 conditioning: bool = False, basis: str = "bessel", cutoff_fn: str = "cosine"):
+                 conditioning: bool = False, basis: str = "bessel", cutoff_fn: str = "cosine", message_gain: float = 1.0):
         super().__init__()
         self.hidden, self.layers, self.cutoff = hidden, layers, float(cutoff)
+        self.message_gain = float(message_gain)
         self.embedding = nn.Embedding(max_z + 1, hidden)
         self.basis = radial_basis(basis, n_rbf, cutoff)
         self.cutoff_fn = cutoff_function(cutoff_fn)
@@ -58,6 +59,15 @@ class PaiNNEncoder(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     module.bias.zero_()
+
+    @torch.no_grad()
+    def divide_message_out_(self) -> None:
+        """Divide each message MLP's last layer by ``message_gain``, after the draws: the forward multiplies
+        its output back, so the fresh encoder computes what the draws do at gain 1."""
+        if self.message_gain != 1.0:
+            for block in self.message:
+                block[2].weight.div_(self.message_gain)
+                block[2].bias.div_(self.message_gain)
 
     def forward(
         self,
@@ -102,7 +112,10 @@ class PaiNNEncoder(nn.Module):
         for layer in range(self.layers):
             # message: continuous filters on neighbour scalars, vectors rotated along the edge. The v_j
             # term phi_vv_j * W_vv * v_j multiplies phi_vv into v per atom, before the gather.
-            phi_s, phi_vv, phi_vs = run_linear(self.message[layer], s).split(F, dim=1)
+            phi = run_linear(self.message[layer], s)
+            if self.message_gain != 1.0:
+                phi = phi * self.message_gain
+            phi_s, phi_vv, phi_vs = phi.split(F, dim=1)
             w_s, w_vs, w_vv = filters[layer]
             ds = phi_s.index_select(0, j) * w_s
             dvs = phi_vs.index_select(0, j) * w_vs
