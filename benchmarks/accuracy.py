@@ -67,20 +67,26 @@ HIDDEN, LAYERS, N_RBF, CUTOFF, HEAD_HIDDEN = 64, 3, 20, 5.0, 32
 BATCH, LR, GRAD_CLIP, EMA_DECAY = 16, 1e-3, 10.0, 0.99
 #: name -> (demo dataset, scale): 200 structures each
 DATASETS = {"alloys": ("bulk", 0.1), "molecules": ("molecules", 0.4)}
-#: gfmkit model variants: name -> ModelConfig overrides ("default": the current defaults; results files
-#: from before 2026-11-30 20:00 labelled "default" are "gaussian-xavier", the default then)
+#: gfmkit's parametrisation of schnetpack's PaiNN: the message MLPs without a gain (the default before 2026-12-01)
+SAME_AS_SCHNETPACK: dict[str, Any] = {"message_gain": 1.0}
+#: gfmkit model variants: name -> ModelConfig overrides ("default": the current defaults). Results files
+#: from before 2026-11-30 20:00 labelled "default" are "gaussian-xavier", the default then; files from
+#: before 2026-12-01 labelled "default" are "message-gain-1". The variants measured before the message gain
+#: existed pin it to 1, so their names keep meaning what was measured.
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "legacy": {"radial_basis": "bessel", "init": "torch", "cutoff_fn": "cosine"},  # gfmkit before issue #15
-    "bessel-xavier": {"radial_basis": "bessel", "init": "xavier"},
-    "gaussian-torch": {"radial_basis": "gaussian", "init": "torch"},
-    "gaussian-xavier": {"radial_basis": "gaussian", "init": "xavier"},
-    "polynomial-cutoff": {"cutoff_fn": "polynomial", "init": "xavier"},  # DimeNet's p = 6 envelope, not the cosine
-    "zero-head": {"head_init_scale": 0.0},  # each head MLP's last layer starts at zero
-    "small-head": {"head_init_scale": 0.1},  # each head MLP's last layer starts at a tenth of Xavier's
-    # the defaults, started from schnetpack's initial weights of the same seed (copy_schnetpack_into_gfmkit):
-    # the runs differ from schnetpack's only by floating-point rounding, which isolates the weight draw
-    "schnetpack-weights": {},
+    "message-gain-1": SAME_AS_SCHNETPACK,
+    "legacy": {"radial_basis": "bessel", "init": "torch", "cutoff_fn": "cosine", "message_gain": 1.0},  # before issue #15
+    "bessel-xavier": {"radial_basis": "bessel", "init": "xavier", **SAME_AS_SCHNETPACK},
+    "gaussian-torch": {"radial_basis": "gaussian", "init": "torch", **SAME_AS_SCHNETPACK},
+    "gaussian-xavier": {"radial_basis": "gaussian", "init": "xavier", **SAME_AS_SCHNETPACK},
+    "polynomial-cutoff": {"cutoff_fn": "polynomial", "init": "xavier", **SAME_AS_SCHNETPACK},  # DimeNet's p = 6 envelope
+    "zero-head": {"head_init_scale": 0.0, **SAME_AS_SCHNETPACK},  # each head MLP's last layer starts at zero
+    "small-head": {"head_init_scale": 0.1, **SAME_AS_SCHNETPACK},  # ... at a tenth of Xavier's
+    # schnetpack's parametrisation, started from schnetpack's initial weights of the same seed
+    # (copy_schnetpack_into_gfmkit): the runs differ from schnetpack's only by floating-point rounding,
+    # which isolates the weight draw
+    "schnetpack-weights": SAME_AS_SCHNETPACK,
 }
 RULES = ("val_loss", "last")
 
@@ -201,6 +207,7 @@ def copy_schnetpack_into_gfmkit(spk: torch.nn.Module, ours: torch.nn.Module) -> 
         ours.readout.b1.copy_(out[0].bias)
         ours.readout.w2.copy_(out[1].weight)
         ours.readout.b2.copy_(out[1].bias)
+        enc.divide_message_out_()  # the stored message layers are the function's divided by the model's gain
 
 
 def head_table(head):
@@ -262,15 +269,16 @@ def train_one(task: dict[str, Any]) -> dict[str, Any]:
         model = SchnetpackPotential(head, task.get("basis", "gaussian"))
     elif task["variant"] == "schnetpack-weights":
         peer = SchnetpackPotential(head)  # first after the seed: the same draws as schnetpack's run
-        model = build_gfmkit(head, VARIANTS["default"])
+        model = build_gfmkit(head, VARIANTS["schnetpack-weights"])
         copy_schnetpack_into_gfmkit(peer, model)
     else:
         model = build_gfmkit(head, VARIANTS[task["variant"]])
     heads = head_table(head)
     loss_config = LossConfig(**task["loss"])
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(params.values(), lr=LR, weight_decay=0.0)
-    schedule = Schedule(ScheduleConfig(), LR, task["steps"])
+    lr = task.get("lr", LR)
+    optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
+    schedule = Schedule(ScheduleConfig(), lr, task["steps"])
     ema = EMA(params, EMA_DECAY)
     val = [collate(graphs["val"][k : k + 32]) for k in range(0, len(graphs["val"]), 32)]
     test = [collate(graphs["test"][k : k + 32]) for k in range(0, len(graphs["test"]), 32)]
@@ -298,7 +306,9 @@ def train_one(task: dict[str, Any]) -> dict[str, Any]:
             with ema.applied(model):
                 records.append({"step": done, "val": evaluate(model, val, heads, loss_config),
                                 "test": evaluate(model, test, heads, loss_config)})
-    return {**task, "train_seconds": train_seconds, "seconds_per_step": train_seconds / task["steps"], "records": records}
+    config = dataclasses.asdict(model.config) if task["model"] == "gfmkit" else None
+    return {**task, "model_config": config, "train_seconds": train_seconds, "seconds_per_step": train_seconds / task["steps"],
+            "records": records}
 
 
 def choose(records: list[dict[str, Any]], rule: str) -> dict[str, Any]:
@@ -362,6 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--energy-weight", type=float, default=None, help="loss.energy (gfmkit's LossConfig default)")
     p.add_argument("--forces-weight", type=float, default=None, help="loss.forces (gfmkit's LossConfig default)")
     p.add_argument("--stress-weight", type=float, default=None, help="loss.stress (gfmkit's LossConfig default)")
+    p.add_argument("--lr", type=float, default=LR, help="peak learning rate of every model (gfmkit's default 1e-3)")
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (1 with --jobs > 1, else 2)")
@@ -405,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   "model": "schnetpack" if model.startswith("schnetpack") else "gfmkit",
                                   "basis": "bessel" if model == "schnetpack-bessel" else "gaussian",
                                   "variant": variant, "name": model if variant is None else f"gfmkit[{variant}]",
-                                  "loss": loss, "validate_every": validate_every, "threads": args.threads or (1 if args.jobs > 1 else 2)})
+                                  "loss": loss, "lr": args.lr, "validate_every": validate_every, "threads": args.threads or (1 if args.jobs > 1 else 2)})
     tasks.sort(key=lambda t: -t["steps"])  # long runs first: the pool finishes together
     log(f"{len(tasks)} training runs, {args.jobs} at a time")
     started = time.perf_counter()
@@ -425,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine,
         "versions": {"schnetpack": _version("schnetpack"), "gfmkit": _version("gfmkit")},
         "setup": {"hidden": HIDDEN, "layers": LAYERS, "n_rbf": N_RBF, "cutoff": CUTOFF, "head_hidden": HEAD_HIDDEN,
-                  "batch": BATCH, "lr": LR, "grad_clip": GRAD_CLIP, "ema_decay": EMA_DECAY, "schedule": "cosine to 0.01 lr",
+                  "batch": BATCH, "lr": args.lr, "grad_clip": GRAD_CLIP, "ema_decay": EMA_DECAY, "schedule": "cosine to 0.01 lr",
                   "loss": loss, "validate_every": validate_every, "datasets": {k: DATASETS[k] for k in stores},
                   "split": "80/10/10 (gfmkit.data.demo's split)", "variants": {v: VARIANTS[v] for _, v in models if v},
                   "jobs": args.jobs, "wall_time_note": "shared 2-core machine; runs in parallel, one thread each: wall "

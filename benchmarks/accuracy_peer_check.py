@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import (
     CUTOFF,
     DATASETS,
+    SAME_AS_SCHNETPACK,
     SchnetpackPotential,
     build_gfmkit,
     copy_schnetpack_into_gfmkit,
@@ -81,7 +82,7 @@ def same_weights(head: Any, batch: Any, seed: int) -> dict[str, Any]:
     rbf = spk.representation.radial_basis  # its centres and widths are made in float32: remade in float64
     rbf.offsets = torch.linspace(0.0, CUTOFF, len(rbf.offsets), dtype=torch.float64)
     rbf.widths = torch.full_like(rbf.offsets, float(rbf.offsets[1] - rbf.offsets[0]))
-    ours = build_gfmkit(head, {}).double()
+    ours = build_gfmkit(head, SAME_AS_SCHNETPACK).double()
     copy_schnetpack_into_gfmkit(spk, ours)
     b = batch.clone()
     b.pos, b.cell, b.forces, b.energy = b.pos.double(), b.cell.double(), b.forces.double(), b.energy.double()
@@ -96,7 +97,7 @@ def same_weights(head: Any, batch: Any, seed: int) -> dict[str, Any]:
     with torch.no_grad():
         for (_, p), g in zip(spk_grads.named_parameters(), g_s.values()):
             p.copy_(g)
-    as_ours = build_gfmkit(head, {}).double()
+    as_ours = build_gfmkit(head, SAME_AS_SCHNETPACK).double()
     copy_schnetpack_into_gfmkit(spk_grads, as_ours)
     rel = {}
     for name, p in as_ours.named_parameters():
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         losses, out_sd = [], []
         for seed in range(args.seeds):
             torch.manual_seed(seed)
-            model = build_gfmkit(head, {}) if model_name == "gfmkit" else SchnetpackPotential(head)
+            model = build_gfmkit(head, SAME_AS_SCHNETPACK) if model_name == "gfmkit" else SchnetpackPotential(head)
             loss, _, grads = loss_and_grads(model, batch, heads)
             losses.append(float(loss))
             by_group: dict[str, float] = {}

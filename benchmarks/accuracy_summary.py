@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import choose  # noqa: E402 - the benchmark's own rule for the kept checkpoint
+from accuracy import LR, choose  # noqa: E402 - the benchmark's own rule for the kept checkpoint
 
 METRICS = ("energy_mae", "forces_mae", "stress_mae")
 PEER = "schnetpack"
+#: what the runs labelled "default" that record no model config were: the defaults before message_gain
+BEFORE_THE_GAIN = "message-gain-1"
 
 
 def load_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], int]:
@@ -36,12 +38,15 @@ def load_runs(paths: list[Path]) -> tuple[list[dict[str, Any]], int]:
     duplicates = 0
     for path in paths:
         for run in json.loads(path.read_text())["runs"]:
+            if run["name"] == "gfmkit[default]" and "model_config" not in run:  # from before the message gain
+                run = {**run, "name": f"gfmkit[{BEFORE_THE_GAIN}]"}
             loss = tuple(sorted(run["loss"].items()))
-            key = (run["dataset"], run["steps"], loss, run["name"], run["seed"])
+            lr = run.get("lr", LR)  # reports from before --lr ran at the default
+            key = (run["dataset"], run["steps"], loss, lr, run["name"], run["seed"])
             if key in runs:
                 duplicates += 1
                 continue
-            runs[key] = {**run, "loss_key": loss, "file": path.name}
+            runs[key] = {**run, "loss_key": loss, "lr": lr, "file": path.name}
     return list(runs.values()), duplicates
 
 
@@ -73,27 +78,27 @@ def pool(runs: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]:
     """The pooled rows and the gfmkit-vs-schnetpack comparisons."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault((run["dataset"], run["steps"], run["loss_key"], run["name"]), []).append(run)
+        groups.setdefault((run["dataset"], run["steps"], run["loss_key"], run["lr"], run["name"]), []).append(run)
     rows, values = [], {}
-    for (dataset, steps, loss, name), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (dataset, steps, loss, lr, name), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         ok = sorted((r for r in members if "diverged_at" not in r and r["records"]), key=lambda r: r["seed"])
         for rule in rules:
             tests = {r["seed"]: choose(r["records"], rule)["test"] for r in ok}
-            row: dict[str, Any] = {"dataset": dataset, "steps": steps, "loss": dict(loss), "model": name, "rule": rule,
+            row: dict[str, Any] = {"dataset": dataset, "steps": steps, "loss": dict(loss), "lr": lr, "model": name, "rule": rule,
                                    "n": len(ok), "diverged": len(members) - len(ok), "seeds": [r["seed"] for r in ok]}
             for metric in METRICS:
                 by_seed = {seed: test[metric] for seed, test in tests.items() if metric in test}
                 if by_seed:
                     row[metric] = mean_sd(list(by_seed.values()))
-                    values[(dataset, steps, loss, rule, name, metric)] = by_seed
+                    values[(dataset, steps, loss, lr, rule, name, metric)] = by_seed
             rows.append(row)
     comparisons = []
-    for (dataset, steps, loss, rule, name, metric), ours in sorted(values.items(), key=lambda kv: str(kv[0])):
-        peer = values.get((dataset, steps, loss, rule, PEER, metric))
+    for (dataset, steps, loss, lr, rule, name, metric), ours in sorted(values.items(), key=lambda kv: str(kv[0])):
+        peer = values.get((dataset, steps, loss, lr, rule, PEER, metric))
         if not name.startswith("gfmkit") or peer is None:
             continue
         a, b = list(ours.values()), list(peer.values())
-        comparisons.append({"dataset": dataset, "steps": steps, "loss": dict(loss), "rule": rule, "metric": metric,
+        comparisons.append({"dataset": dataset, "steps": steps, "loss": dict(loss), "lr": lr, "rule": rule, "metric": metric,
                             "gfmkit": name, "n": [len(a), len(b)],
                             "ratio_of_means": statistics.fmean(a) / statistics.fmean(b),
                             "welch_t": welch_t(a, b), "paired": paired(ours, peer)})
