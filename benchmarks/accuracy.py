@@ -279,7 +279,7 @@ def train_one(task: dict[str, Any]) -> dict[str, Any]:
     heads = head_table(head)
     loss_config = LossConfig(**task["loss"])
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    lr = task.get("lr", LR)
+    lr = task["lr"]
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
     schedule = Schedule(ScheduleConfig(), lr, task["steps"])
     ema = EMA(params, EMA_DECAY)
